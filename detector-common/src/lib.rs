@@ -1,0 +1,284 @@
+//! Records the kernel programs write into the ring buffer, and the tunables the loader passes in.
+//!
+//! Rules for everything here, because both a BPF and a host compiler lay these out:
+//! `#[repr(C)]`, every padding byte spelled out as a field, no `bool`, no enums on the wire (event
+//! kinds are numbered `u32` constants that never change meaning), and a `const` assertion of each
+//! size. The daemon checks at test time that the object it embeds was built with the same layouts
+//! (see [`LAYOUTS`]).
+#![no_std]
+
+pub mod wait;
+
+/// `TASK_COMM_LEN` in include/linux/sched.h: the kernel's fixed command-name buffer.
+pub const COMM_LEN: usize = 16;
+/// How many bytes of a memory cgroup's own directory name the OOM probe copies.
+pub const CGROUP_NAME_LEN: usize = 64;
+
+/// Stable numbers for the records in the ring buffer. A number is never reused for another shape.
+pub mod event_kind {
+    /// A thread group died with a non-zero wait status: [`crate::DeathEvent`].
+    pub const DEATH: u32 = 1;
+}
+
+/// Bits of [`DeathEvent::flags`].
+pub mod death_flags {
+    /// [`crate::DeathEvent::sender`] holds who generated the fatal signal.
+    pub const SENDER: u32 = 1 << 0;
+    /// [`crate::DeathEvent::oom`] holds the OOM killer's view of this victim.
+    pub const OOM: u32 = 1 << 1;
+}
+
+/// Bits of [`OomInfo::fields`]: which figures the running kernel provided. Kernels before 6.8 have
+/// no memory figures in `oom:mark_victim`; we report them as missing rather than as zero.
+pub mod oom_fields {
+    pub const TOTAL_VM: u32 = 1 << 0;
+    pub const ANON_RSS: u32 = 1 << 1;
+    pub const FILE_RSS: u32 = 1 << 2;
+    pub const SHMEM_RSS: u32 = 1 << 3;
+    pub const OOM_SCORE_ADJ: u32 = 1 << 4;
+    /// `memcg_id` and `memcg_name` name the OOM-invoking task's memory cgroup.
+    pub const MEMCG: u32 = 1 << 5;
+}
+
+/// What ran out, as seen from the reclaim the OOM-invoking task did last: a memory cgroup's
+/// charge path reclaims with `mm_vmscan_memcg_reclaim_begin`, the page allocator with
+/// `mm_vmscan_direct_reclaim_begin` (mm/vmscan.c), and both give up into the OOM killer.
+pub mod oom_constraint {
+    pub const UNKNOWN: u32 = 0;
+    pub const MEMCG: u32 = 1;
+    pub const GLOBAL: u32 = 2;
+}
+
+/// Indexes into the per-CPU `COUNTERS` map. Stable: userspace names them in its reports.
+pub mod counter {
+    /// Death records written to the ring buffer.
+    pub const EMITTED: u32 = 0;
+    /// Death records lost because the ring buffer had no room.
+    pub const RINGBUF_FULL: u32 = 1;
+    /// A `bpf_probe_read_kernel` of a kernel structure failed; the record went out incomplete.
+    pub const KERNEL_READ: u32 = 2;
+    /// A correlation map update failed (sender or OOM details may be missing from a record).
+    pub const MAP_UPDATE: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Header of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of [`event_kind`].
+    pub kind: u32,
+    /// Size in bytes of the whole record, header included.
+    pub size: u32,
+}
+
+/// Who generated a signal: recorded by the `signal_generate` probe, attached to the death it caused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalSender {
+    /// `bpf_ktime_get_ns()` when the signal was generated.
+    pub ktime_ns: u64,
+    /// Thread group of the task that was running when the signal was generated.
+    pub pid: u32,
+    /// That task's own id.
+    pub tid: u32,
+    pub signo: u32,
+    /// `si_code` as the target will see it (`SI_USER` for the in-kernel `SEND_SIG_NOINFO`).
+    pub code: i32,
+    /// 1 when the kernel generated the signal on its own account: a fault (`si_code > 0`), the
+    /// OOM killer or a tty (`SEND_SIG_PRIV`), a broken pipe (`SEND_SIG_NOINFO`). 0 when a task
+    /// asked for it with `kill`, `tgkill`, `sigqueue`, ... (those always carry a real siginfo).
+    pub kernel: u32,
+    pub _pad0: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// The OOM killer's view of one victim, from `oom:mark_victim` and the `oom_control` in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OomInfo {
+    pub ktime_ns: u64,
+    pub total_vm_kb: u64,
+    pub anon_rss_kb: u64,
+    pub file_rss_kb: u64,
+    pub shmem_rss_kb: u64,
+    /// kernfs id (the directory's inode number) of the memory cgroup the OOM-invoking task was
+    /// charging: in its own hierarchy, v1 `memory` or cgroup2.
+    pub memcg_id: u64,
+    /// Bits of [`oom_fields`].
+    pub fields: u32,
+    /// One of [`oom_constraint`].
+    pub constraint: u32,
+    pub oom_score_adj: i32,
+    /// The thread `mark_victim` named.
+    pub victim_tid: u32,
+    /// The task whose allocation invoked the OOM killer (`current` in `out_of_memory`).
+    pub trigger_pid: u32,
+    pub trigger_tid: u32,
+    pub trigger_comm: [u8; COMM_LEN],
+    /// NUL-terminated leaf name of the memory cgroup, in case it is gone before the daemon looks.
+    pub memcg_name: [u8; CGROUP_NAME_LEN],
+}
+
+/// One record per thread-group death with a non-zero wait status.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeathEvent {
+    pub header: EventHeader,
+    /// Bits of [`death_flags`].
+    pub flags: u32,
+    /// The wait status exactly as `wait4()` would return it: `(code << 8) | signal`, `0x80` = core.
+    pub wait_status: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the last thread of the group exited.
+    pub ktime_ns: u64,
+    /// cgroup v2 id of the dying task (`bpf_get_current_cgroup_id`).
+    pub cgroup_id: u64,
+    /// Thread group id: the pid users know.
+    pub pid: u32,
+    /// The thread that exited last and so carried the group's death.
+    pub tid: u32,
+    /// Thread group id of `real_parent`.
+    pub ppid: u32,
+    pub _pad0: u32,
+    /// The thread group leader's command name.
+    pub comm: [u8; COMM_LEN],
+    pub sender: SignalSender,
+    pub oom: OomInfo,
+}
+
+const _: () = assert!(size_of::<EventHeader>() == 8);
+const _: () = assert!(size_of::<SignalSender>() == 48);
+const _: () = assert!(size_of::<OomInfo>() == 152);
+const _: () = assert!(size_of::<DeathEvent>() == 64 + 48 + 152);
+// The ring buffer hands out 8-byte aligned slots; anything wider cannot be reserved in place.
+const _: () = assert!(align_of::<DeathEvent>() == 8);
+
+/// `(size, alignment)` of each shared type, in a fixed order. The kernel object exports the same
+/// table as the `DETECTOR_LAYOUTS` symbol, built by the BPF compiler; a daemon test compares the two.
+pub const LAYOUTS: [u32; 10] = [
+    size_of::<EventHeader>() as u32,
+    align_of::<EventHeader>() as u32,
+    size_of::<SignalSender>() as u32,
+    align_of::<SignalSender>() as u32,
+    size_of::<OomInfo>() as u32,
+    align_of::<OomInfo>() as u32,
+    size_of::<DeathEvent>() as u32,
+    align_of::<DeathEvent>() as u32,
+    size_of::<Offsets>() as u32,
+    align_of::<Offsets>() as u32,
+];
+
+/// Key of the pending-signal map: one slot per (thread group, signal) so that a later harmless
+/// signal (SIGCHLD, say) does not overwrite who sent the fatal one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderKey {
+    pub tgid: u32,
+    pub signo: u32,
+}
+
+const _: () = assert!(size_of::<SenderKey>() == 8);
+
+/// Field offsets the kernel programs need, read by the loader from this kernel's BTF
+/// (/sys/kernel/btf/vmlinux) and from tracepoint `format` files. Rust BPF has no CO-RE relocations,
+/// so nothing here may be compiled in. [`ABSENT`] marks a field the running kernel does not have.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offsets {
+    // struct task_struct
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_signal: u32,
+    pub task_exit_code: u32,
+    pub task_comm: u32,
+    // struct signal_struct
+    pub signal_flags: u32,
+    pub signal_group_exit_code: u32,
+    // struct kernel_siginfo
+    pub siginfo_code: u32,
+    // current->cgroups->subsys[memory_cgrp_id]->cgroup->kn->{id, name}
+    pub task_cgroups: u32,
+    pub css_set_subsys: u32,
+    /// Not an offset: `memory_cgrp_id`, the memory controller's index in `subsys[]`.
+    pub memory_cgrp_id: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kn_id: u32,
+    pub kn_name: u32,
+    // Fields of the oom:mark_victim tracepoint record (from its `format` file).
+    pub mv_pid: u32,
+    pub mv_total_vm: u32,
+    pub mv_anon_rss: u32,
+    pub mv_file_rss: u32,
+    pub mv_shmem_rss: u32,
+    pub mv_oom_score_adj: u32,
+}
+
+const _: () = assert!(size_of::<Offsets>() == 23 * 4);
+
+impl Offsets {
+    /// Every offset absent: what the kernel programs see if the loader set nothing.
+    pub const ABSENT: Self = Self {
+        task_pid: ABSENT,
+        task_tgid: ABSENT,
+        task_real_parent: ABSENT,
+        task_group_leader: ABSENT,
+        task_signal: ABSENT,
+        task_exit_code: ABSENT,
+        task_comm: ABSENT,
+        signal_flags: ABSENT,
+        signal_group_exit_code: ABSENT,
+        siginfo_code: ABSENT,
+        task_cgroups: ABSENT,
+        css_set_subsys: ABSENT,
+        memory_cgrp_id: ABSENT,
+        css_cgroup: ABSENT,
+        cgroup_kn: ABSENT,
+        kn_id: ABSENT,
+        kn_name: ABSENT,
+        mv_pid: ABSENT,
+        mv_total_vm: ABSENT,
+        mv_anon_rss: ABSENT,
+        mv_file_rss: ABSENT,
+        mv_shmem_rss: ABSENT,
+        mv_oom_score_adj: ABSENT,
+    };
+}
+
+/// Marks a field this kernel lacks; probes skip reading it.
+pub const ABSENT: u32 = u32::MAX;
+
+#[cfg(feature = "user")]
+// SAFETY: `Offsets` is `repr(C)`, all `u32`, no padding, valid for any bit pattern.
+unsafe impl aya::Pod for Offsets {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_table_matches_types() {
+        assert_eq!(LAYOUTS[6] as usize, size_of::<DeathEvent>());
+        assert_eq!(LAYOUTS[0] as usize, size_of::<EventHeader>());
+    }
+
+    #[test]
+    fn flag_bits_do_not_overlap() {
+        let all = [
+            oom_fields::TOTAL_VM,
+            oom_fields::ANON_RSS,
+            oom_fields::FILE_RSS,
+            oom_fields::SHMEM_RSS,
+            oom_fields::OOM_SCORE_ADJ,
+            oom_fields::MEMCG,
+        ];
+        let mut seen = 0u32;
+        for bit in all {
+            assert_eq!(bit.count_ones(), 1);
+            assert_eq!(seen & bit, 0, "bit {bit:#x} reused");
+            seen |= bit;
+        }
+    }
+}

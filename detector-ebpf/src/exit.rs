@@ -1,0 +1,139 @@
+//! The death of a thread group, with its wait status.
+//!
+//! Primary hook: the raw tracepoint `sched_process_exit(struct task_struct *p, bool group_dead)`
+//! (the `group_dead` argument arrived in 6.16). Fallback for older kernels: fentry on
+//! `taskstats_exit(struct task_struct *tsk, int group_dead)` (CONFIG_TASKSTATS). Both run in `do_exit()` right after
+//! `tsk->exit_code = code` with `current == tsk`, and both are handed the exact result of
+//! `atomic_dec_and_test(&tsk->signal->live)`: exactly one thread of a group sees `group_dead`,
+//! whichever order its threads exit in, and it is there for deaths by signal too, which make no
+//! exit syscall. <https://github.com/torvalds/linux/blob/v6.18/kernel/exit.c> (`do_exit`).
+//!
+//! The wait status is what `wait_task_zombie()` would report to the parent:
+//! `signal->flags & SIGNAL_GROUP_EXIT ? signal->group_exit_code : leader->exit_code`.
+//! That is why a process whose main thread called `pthread_exit` and whose last thread then called
+//! `exit(7)` reports 7: the last thread's `exit_group` set `group_exit_code`.
+
+use aya_ebpf::{
+    macros::{fentry, raw_tracepoint},
+    programs::{FEntryContext, RawTracePointContext},
+};
+use detector_common::{DeathEvent, EventHeader, SenderKey, counter, death_flags, event_kind};
+
+use crate::{
+    kernel::{Error, current_cgroup_id, now_ns, offset, read, read_bytes},
+    maps::{EVENTS, OOM_VICTIMS, SENDERS, count},
+};
+
+/// `SIGNAL_GROUP_EXIT` in include/linux/sched/signal.h: a group exit (exit_group, fatal signal,
+/// core dump) is under way and `group_exit_code` holds the status. A flag value, not an offset:
+/// unchanged since it was introduced.
+const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let task: u64 = ctx.arg(0);
+    let group_dead: u64 = ctx.arg(1);
+    // `bool` arrives widened in a u64 slot; only the low byte is defined.
+    if group_dead & 0xff != 0 {
+        let _ = try_group_dead(task);
+    }
+    0
+}
+
+#[fentry(function = "taskstats_exit")]
+pub fn taskstats_exit(ctx: FEntryContext) -> u32 {
+    let task: u64 = ctx.arg(0);
+    let group_dead: u64 = ctx.arg(1);
+    // `int` in a u64 slot: only the low 32 bits are defined.
+    if group_dead as u32 != 0 {
+        let _ = try_group_dead(task);
+    }
+    0
+}
+
+/// The wait status the parent will see for the group `task` is the last thread of.
+#[inline(always)]
+fn wait_status(task: u64) -> Result<u32, Error> {
+    let signal: u64 = read(task, offset!(task_signal)?)?;
+    let flags: u32 = read(signal, offset!(signal_flags)?)?;
+    let status: i32 = if flags & SIGNAL_GROUP_EXIT != 0 {
+        read(signal, offset!(signal_group_exit_code)?)?
+    } else {
+        let leader: u64 = read(task, offset!(task_group_leader)?)?;
+        read(leader, offset!(task_exit_code)?)?
+    };
+    Ok(status as u32)
+}
+
+#[inline(always)]
+fn try_group_dead(task: u64) -> Result<(), Error> {
+    let status = wait_status(task)?;
+    // Clean exits are the common case by far; they never leave the kernel.
+    if status == 0 {
+        return Ok(());
+    }
+    let ktime_ns = now_ns();
+    let Some(mut entry) = EVENTS.reserve::<DeathEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return Err(Error::Kernel);
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved, writable ring-buffer slot of `size_of::<DeathEvent>()`
+    // bytes; every field is written below before the slot is submitted.
+    unsafe {
+        (*event).header = EventHeader {
+            kind: event_kind::DEATH,
+            size: size_of::<DeathEvent>() as u32,
+        };
+        (*event).wait_status = status;
+        (*event).ktime_ns = ktime_ns;
+        (*event).cgroup_id = current_cgroup_id();
+        (*event)._pad0 = 0;
+        (*event).flags = 0;
+        (*event).pid = 0;
+        (*event).tid = 0;
+        (*event).ppid = 0;
+        (*event).comm = [0; detector_common::COMM_LEN];
+        (*event).sender = core::mem::zeroed();
+        (*event).oom = core::mem::zeroed();
+        // A failed read leaves zeros and is counted; the death is still reported.
+        let _ = fill(task, &mut *event);
+    }
+    entry.submit(0);
+    count(counter::EMITTED);
+    Ok(())
+}
+
+#[inline(always)]
+fn fill(task: u64, event: &mut DeathEvent) -> Result<(), Error> {
+    let tgid: u32 = read(task, offset!(task_tgid)?)?;
+    event.pid = tgid;
+    event.tid = read(task, offset!(task_pid)?)?;
+    let leader: u64 = read(task, offset!(task_group_leader)?)?;
+    read_bytes(leader, offset!(task_comm)?, &mut event.comm)?;
+
+    let signo = event.wait_status & 0x7f;
+    if signo != 0 {
+        let key = SenderKey { tgid, signo };
+        if let Some(sender) = SENDERS.get_ptr(&key) {
+            // SAFETY: a map value pointer from a successful lookup, valid for this program run.
+            event.sender = unsafe { *sender };
+            event.flags |= death_flags::SENDER;
+            let _ = SENDERS.remove(&key);
+        }
+    }
+    // The OOM killer marks the leader, or another thread when the leader exited first.
+    for key in [tgid, event.tid] {
+        if let Some(oom) = OOM_VICTIMS.get_ptr(&key) {
+            // SAFETY: as above.
+            event.oom = unsafe { *oom };
+            event.flags |= death_flags::OOM;
+            let _ = OOM_VICTIMS.remove(&key);
+            break;
+        }
+    }
+
+    let parent: u64 = read(task, offset!(task_real_parent)?)?;
+    event.ppid = read(parent, offset!(task_tgid)?)?;
+    Ok(())
+}

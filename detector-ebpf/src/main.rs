@@ -1,0 +1,33 @@
+//! detector's kernel programs. One file per hook family:
+//! - [`exit`]: the death of a thread group, with its wait status;
+//! - [`signal`]: who generated each signal, kept until the death it may explain;
+//! - [`oom`]: the OOM killer's victim, its memory figures and the memory cgroup that ran out.
+//!
+//! Everything the programs share lives in [`maps`]; kernel-struct access goes through [`kernel`],
+//! which reads offsets the loader found in this kernel's BTF (Rust BPF has no CO-RE relocations).
+#![no_std]
+#![no_main]
+
+mod exit;
+mod kernel;
+mod maps;
+mod oom;
+mod signal;
+
+/// The BPF helpers we call (`bpf_probe_read_kernel`, ...) are GPL-only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+/// Sizes and alignments of the shared types as the BPF compiler laid them out; the daemon's tests
+/// compare this symbol in the embedded object with its own view (`detector_common::LAYOUTS`).
+#[unsafe(no_mangle)]
+#[used]
+static DETECTOR_LAYOUTS: [u32; detector_common::LAYOUTS.len()] = detector_common::LAYOUTS;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this; it is never called at run time.
+    loop {}
+}

@@ -1,0 +1,172 @@
+//! `detector run`: probes → ring buffer → decode → correlate → enrich → sinks.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use detector_common::counter;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    clock::{self, Clock},
+    correlate::correlate,
+    decode::{Event, decode},
+    enrich::CgroupResolver,
+    probes::{self, Probes},
+    sinks,
+};
+
+/// Records are written at least this often during a burst, so the first death of a storm is not
+/// held back until the whole storm has been read.
+const FLUSH_EVERY: usize = 64;
+const COUNTER_NAMES: [(u32, &str); 4] = [
+    (counter::EMITTED, "emitted"),
+    (counter::RINGBUF_FULL, "lost_ringbuf_full"),
+    (counter::KERNEL_READ, "kernel_read_failures"),
+    (counter::MAP_UPDATE, "map_update_failures"),
+];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub ringbuf_bytes: u32,
+}
+
+/// Everything after the ring buffer.
+struct Pipeline {
+    cgroups: CgroupResolver,
+    stdout: sinks::Stdout,
+    received: u64,
+    undecodable: u64,
+}
+
+impl Pipeline {
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        let clock = Clock::now();
+        let mut pending = 0;
+        while let Some(item) = ring.next() {
+            match decode(&item) {
+                Ok(Event::Death(event)) => {
+                    self.received += 1;
+                    let mut record = correlate(&event);
+                    self.cgroups.enrich(&mut record);
+                    record.time = clock.rfc3339(record.ktime_ns);
+                    record.latency_us =
+                        clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
+                    self.stdout.push(&record);
+                    pending += 1;
+                    if pending == FLUSH_EVERY {
+                        self.stdout.flush();
+                        pending = 0;
+                    }
+                }
+                Err(e) => {
+                    self.undecodable += 1;
+                    tracing::warn!(error = %e, len = item.len(), "skipping an undecodable kernel record");
+                }
+            }
+        }
+        self.stdout.flush();
+    }
+}
+
+/// Sums of the per-CPU counters, with the per-CPU split of the ones that matter.
+fn read_counters(map: &PerCpuArray<MapData, u64>) -> [(u64, Vec<u64>); 4] {
+    COUNTER_NAMES.map(|(index, name)| match map.get(&index, 0) {
+        Ok(values) => (values.iter().sum(), values.to_vec()),
+        Err(e) => {
+            tracing::warn!(counter = name, error = %e, "cannot read kernel counter");
+            (0, Vec::new())
+        }
+    })
+}
+
+fn report_counters(now: &[(u64, Vec<u64>); 4], before: &[(u64, Vec<u64>); 4]) {
+    for ((index, name), ((total, per_cpu), (was, _))) in
+        COUNTER_NAMES.iter().zip(now.iter().zip(before.iter()))
+    {
+        if *index != counter::EMITTED && total > was {
+            tracing::warn!(
+                counter = name,
+                new = total - was,
+                total,
+                per_cpu = ?per_cpu,
+                "kernel programs report failures"
+            );
+        }
+    }
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let Probes { mut ebpf, hooks } = probes::load(options.ringbuf_bytes)?;
+    for note in &hooks.degraded {
+        tracing::warn!("{note}");
+    }
+    let ring = ebpf
+        .take_map("EVENTS")
+        .context("kernel object has no EVENTS map")?;
+    let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
+    let counters = ebpf
+        .take_map("COUNTERS")
+        .context("kernel object has no COUNTERS map")?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(counters).context("COUNTERS is not a per-CPU array")?;
+    // SAFETY: `RingBuf` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
+    // owns the `RingBuf`) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let mut pipeline = Pipeline {
+        cgroups: CgroupResolver::discover(),
+        stdout: sinks::Stdout::default(),
+        received: 0,
+        undecodable: 0,
+    };
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = read_counters(&counters);
+
+    tracing::info!(
+        exit = hooks.exit,
+        oom = hooks.oom.unwrap_or("none"),
+        "detector ready: watching process deaths"
+    );
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                pipeline.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                let now = read_counters(&counters);
+                report_counters(&now, &last);
+                last = now;
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    // Whatever the kernel wrote before we were told to stop still gets out.
+    pipeline.drain(ring.get_mut());
+    let now = read_counters(&counters);
+    report_counters(&now, &last);
+    let [
+        (emitted, _),
+        (lost, _),
+        (read_failures, _),
+        (map_failures, _),
+    ] = now;
+    tracing::info!(
+        emitted,
+        received = pipeline.received,
+        lost,
+        read_failures,
+        map_failures,
+        undecodable = pipeline.undecodable,
+        "detector stopped"
+    );
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! Enrichment: kernel cgroup ids → cgroup paths.
+//!
+//! A cgroup id is its kernfs node id, which is also the inode number of its directory. Rather than
+//! walking the tree to find it, we ask the kernel for the directory by that id with
+//! `open_by_handle_at(2)` (kernfs exports `FILEID_KERNFS` handles, see fs/kernfs/mount.c) and read
+//! its path back from /proc/self/fd. Ids are never reused, so answers are cached, including "gone".
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use crate::record::ExitRecord;
+
+/// `FILEID_KERNFS` in include/linux/exportfs.h.
+const FILEID_KERNFS: i32 = 0xfe;
+/// Bound on the cache; past it the cache starts over (ids are cheap to resolve again).
+const CACHE_MAX: usize = 16 * 1024;
+
+/// A mounted cgroup hierarchy we can resolve ids in.
+struct Hierarchy {
+    mount_point: PathBuf,
+    dir: File,
+    cache: HashMap<u64, Option<String>>,
+}
+
+impl Hierarchy {
+    fn open(mount_point: PathBuf) -> std::io::Result<Self> {
+        let dir = File::open(&mount_point)?;
+        Ok(Self {
+            mount_point,
+            dir,
+            cache: HashMap::new(),
+        })
+    }
+
+    fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(hit) = self.cache.get(&id) {
+            return hit.clone();
+        }
+        let found = self.lookup(id);
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(id, found.clone());
+        found
+    }
+
+    fn lookup(&self, id: u64) -> Option<String> {
+        #[repr(C)]
+        struct KernfsHandle {
+            handle_bytes: u32,
+            handle_type: i32,
+            id: u64,
+        }
+        let mut handle = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            id,
+        };
+        // SAFETY: `handle` is a valid `struct file_handle` with 8 bytes of `f_handle`, alive for
+        // the call; the mount fd is open. The kernel writes nothing back for open_by_handle_at.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                self.dir.as_raw_fd(),
+                &raw mut handle,
+                libc::O_RDONLY | libc::O_CLOEXEC | libc::O_DIRECTORY,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: the syscall succeeded, so `fd` is a new descriptor that we alone own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let target = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+        relative(&self.mount_point, &target)
+    }
+}
+
+/// `/sys/fs/cgroup/unified/a/b` under mount `/sys/fs/cgroup/unified` → `/a/b`.
+fn relative(mount_point: &Path, target: &Path) -> Option<String> {
+    let rest = target.strip_prefix(mount_point).ok()?;
+    Some(format!("/{}", rest.display()))
+}
+
+/// Resolves the cgroup ids in records: the task's cgroup2 id, and the memory cgroup of an OOM.
+pub struct CgroupResolver {
+    unified: Option<Hierarchy>,
+    /// The hierarchy the memory controller is on: v1 `memory`, or the unified one.
+    memory_v1: Option<Hierarchy>,
+}
+
+impl CgroupResolver {
+    /// Finds the cgroup2 mount and, on hybrid hosts, the v1 memory controller's.
+    pub fn discover() -> Self {
+        let mounts = match procfs::process::Process::myself().and_then(|me| me.mountinfo()) {
+            Ok(mounts) => mounts.0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read /proc/self/mountinfo; cgroup paths will be null");
+                Vec::new()
+            }
+        };
+        let open = |what: &str, mount_point: &Path| match Hierarchy::open(mount_point.to_owned()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(path = %mount_point.display(), error = %e, "cannot open {what} hierarchy");
+                None
+            }
+        };
+        let unified = mounts
+            .iter()
+            .find(|m| m.fs_type == "cgroup2")
+            .and_then(|m| open("cgroup2", &m.mount_point));
+        let memory_v1 = mounts
+            .iter()
+            .find(|m| m.fs_type == "cgroup" && m.super_options.contains_key("memory"))
+            .and_then(|m| open("cgroup v1 memory", &m.mount_point));
+        if unified.is_none() {
+            tracing::warn!("no cgroup2 hierarchy is mounted; cgroup paths will be null");
+        }
+        Self { unified, memory_v1 }
+    }
+
+    /// Path of a cgroup2 id.
+    pub fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        self.unified.as_mut()?.path(id)
+    }
+
+    /// Fills the record's cgroup path and its OOM memory cgroup path.
+    pub fn enrich(&mut self, record: &mut ExitRecord) {
+        record.cgroup = self.cgroup_path(record.cgroup_id);
+        if let Some(oom) = &mut record.oom
+            && let Some(id) = oom.memcg_id
+        {
+            let hierarchy = self.memory_v1.as_mut().or(self.unified.as_mut());
+            if let Some(path) = hierarchy.and_then(|h| h.path(id)) {
+                oom.memcg = Some(path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        let m = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(
+            relative(m, Path::new("/sys/fs/cgroup/unified")).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            relative(m, Path::new("/sys/fs/cgroup/unified/a/b.service")).as_deref(),
+            Some("/a/b.service")
+        );
+        assert_eq!(relative(m, Path::new("/elsewhere")), None);
+    }
+}

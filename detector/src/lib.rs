@@ -1,0 +1,16 @@
+//! detector: sees every process death and OOM kill through eBPF and writes one record per death.
+//!
+//! Modules follow the data: [`probes`] (kernel programs) → ring buffer → [`decode`] →
+//! [`correlate`] → [`enrich`] → [`sinks`], driven by [`daemon`].
+
+pub mod btf;
+pub mod clock;
+pub mod correlate;
+pub mod daemon;
+pub mod decode;
+pub mod enrich;
+pub mod probes;
+pub mod record;
+pub mod signals;
+pub mod sinks;
+pub mod tracefs;

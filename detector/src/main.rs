@@ -1,0 +1,61 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Sees every process crash and OOM kill through eBPF and says what died and why.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the kernel programs and print one JSON record per process death on stdout.
+    Run {
+        /// Size of the kernel → daemon ring buffer in bytes (a power of two, at least one page).
+        #[arg(long, default_value_t = 4 << 20, value_parser = parse_ringbuf_bytes)]
+        ringbuf_bytes: u32,
+    },
+}
+
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a byte count: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 4096 bytes"));
+    }
+    Ok(n)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            EnvFilter::try_from_env("DETECTOR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let result = match cli.command {
+        Command::Run { ringbuf_bytes } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(detector::daemon::run(detector::daemon::Options {
+                    ringbuf_bytes,
+                }))
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
