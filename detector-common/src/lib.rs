@@ -89,7 +89,7 @@ pub struct SignalSender {
     /// OOM killer or a tty (`SEND_SIG_PRIV`), a broken pipe (`SEND_SIG_NOINFO`). 0 when a task
     /// asked for it with `kill`, `tgkill`, `sigqueue`, ... (those always carry a real siginfo).
     pub kernel: u32,
-    pub _pad0: u32,
+    pub pad0: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -129,7 +129,7 @@ pub struct DeathEvent {
     pub flags: u32,
     /// The wait status exactly as `wait4()` would return it: `(code << 8) | signal`, `0x80` = core.
     pub wait_status: u32,
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the last thread of the group exited.
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) when the last thread of the group exited.
     pub ktime_ns: u64,
     /// cgroup v2 id of the dying task (`bpf_get_current_cgroup_id`).
     pub cgroup_id: u64,
@@ -139,7 +139,7 @@ pub struct DeathEvent {
     pub tid: u32,
     /// Thread group id of `real_parent`.
     pub ppid: u32,
-    pub _pad0: u32,
+    pub pad0: u32,
     /// The thread group leader's command name.
     pub comm: [u8; COMM_LEN],
     pub sender: SignalSender,

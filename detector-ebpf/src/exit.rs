@@ -11,7 +11,9 @@
 //! The wait status is what `wait_task_zombie()` would report to the parent:
 //! `signal->flags & SIGNAL_GROUP_EXIT ? signal->group_exit_code : leader->exit_code`.
 //! That is why a process whose main thread called `pthread_exit` and whose last thread then called
-//! `exit(7)` reports 7: the last thread's `exit_group` set `group_exit_code`.
+//! `exit(7)` reports 7: the last thread's `exit_group` set `group_exit_code`. Since 5.19 even a
+//! plain exit of the last thread does (`synchronize_group_exit()`); reading the same fields the
+//! kernel reads keeps us right on both sides of that change.
 
 use aya_ebpf::{
     macros::{fentry, raw_tracepoint},
@@ -88,7 +90,7 @@ fn try_group_dead(task: u64) -> Result<(), Error> {
         (*event).wait_status = status;
         (*event).ktime_ns = ktime_ns;
         (*event).cgroup_id = current_cgroup_id();
-        (*event)._pad0 = 0;
+        (*event).pad0 = 0;
         (*event).flags = 0;
         (*event).pid = 0;
         (*event).tid = 0;
@@ -115,20 +117,20 @@ fn fill(task: u64, event: &mut DeathEvent) -> Result<(), Error> {
     let signo = event.wait_status & 0x7f;
     if signo != 0 {
         let key = SenderKey { tgid, signo };
-        if let Some(sender) = SENDERS.get_ptr(&key) {
+        if let Some(sender) = SENDERS.get_ptr(key) {
             // SAFETY: a map value pointer from a successful lookup, valid for this program run.
             event.sender = unsafe { *sender };
             event.flags |= death_flags::SENDER;
-            let _ = SENDERS.remove(&key);
+            let _ = SENDERS.remove(key);
         }
     }
     // The OOM killer marks the leader, or another thread when the leader exited first.
     for key in [tgid, event.tid] {
-        if let Some(oom) = OOM_VICTIMS.get_ptr(&key) {
+        if let Some(oom) = OOM_VICTIMS.get_ptr(key) {
             // SAFETY: as above.
             event.oom = unsafe { *oom };
             event.flags |= death_flags::OOM;
-            let _ = OOM_VICTIMS.remove(&key);
+            let _ = OOM_VICTIMS.remove(key);
             break;
         }
     }

@@ -7,6 +7,14 @@
 //! which reads offsets the loader found in this kernel's BTF (Rust BPF has no CO-RE relocations).
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::inline_always,
+    reason = "BPF programs are verified as one body: helpers must be inlined into their program"
+)]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand each entry point its context by value"
+)]
 
 mod exit;
 mod kernel;

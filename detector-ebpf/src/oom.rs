@@ -35,7 +35,7 @@ use crate::{
 #[inline(always)]
 fn note_reclaim(kind: u32) {
     if LAST_RECLAIM
-        .insert(&bpf_get_current_pid_tgid(), &kind, 0)
+        .insert(bpf_get_current_pid_tgid(), kind, 0)
         .is_err()
     {
         count(counter::MAP_UPDATE);
@@ -70,15 +70,12 @@ fn field<T: Default>(
 ) -> T {
     let Ok(at) = at else { return T::default() };
     // SAFETY: `at` is an offset inside this event's record, from its `format` file.
-    match unsafe { ctx.read_at::<T>(at as usize) } {
-        Ok(value) => {
-            *fields |= bit;
-            value
-        }
-        Err(_) => {
-            count(counter::KERNEL_READ);
-            T::default()
-        }
+    if let Ok(value) = unsafe { ctx.read_at::<T>(at as usize) } {
+        *fields |= bit;
+        value
+    } else {
+        count(counter::KERNEL_READ);
+        T::default()
     }
 }
 
@@ -134,7 +131,7 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), Error> {
         memcg_name: [0; detector_common::CGROUP_NAME_LEN],
     };
     info.fields = fields;
-    if let Some(kind) = LAST_RECLAIM.get_ptr(&pid_tgid) {
+    if let Some(kind) = LAST_RECLAIM.get_ptr(pid_tgid) {
         // SAFETY: a map value pointer from a successful lookup, valid for this program run.
         info.constraint = unsafe { *kind };
     }
@@ -143,7 +140,7 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), Error> {
     // The OOM killer picks a process (a thread-group leader) and marks the thread of it that still
     // has an mm: the leader itself unless the leader already exited, so key by the marked thread;
     // `exit` looks under the group id and then under its own thread id.
-    OOM_VICTIMS.insert(&info.victim_tid, &info, 0).map_err(|_| {
+    OOM_VICTIMS.insert(info.victim_tid, info, 0).map_err(|_| {
         count(counter::MAP_UPDATE);
         Error::Kernel
     })

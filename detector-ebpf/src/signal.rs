@@ -74,11 +74,11 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), Error> {
         signo,
         code,
         kernel,
-        _pad0: 0,
+        pad0: 0,
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     SENDERS
-        .insert(&SenderKey { tgid, signo }, &sender, 0)
+        .insert(SenderKey { tgid, signo }, sender, 0)
         .map_err(|_| {
             count(counter::MAP_UPDATE);
             Error::Kernel

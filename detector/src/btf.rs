@@ -106,6 +106,10 @@ impl Btf {
     }
 
     /// Parses a BTF blob in native byte order.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one match over the BTF kinds reads best in one place"
+    )]
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
         if data.len() < HEADER_LEN {
             return Err(BtfError::Malformed("shorter than its header"));
@@ -324,9 +328,9 @@ mod tests {
         };
         let mut types = Vec::new();
         let mut push = |words: &[u32]| {
-            words
-                .iter()
-                .for_each(|w| types.extend_from_slice(&w.to_ne_bytes()))
+            for w in words {
+                types.extend_from_slice(&w.to_ne_bytes());
+            }
         };
         // 1: int
         push(&[s("int"), kind::INT << 24, 4, 32]);

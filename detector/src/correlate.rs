@@ -21,7 +21,7 @@ fn killed_by(sender: &SignalSender) -> KilledBy {
         signo: _,
         code,
         kernel,
-        _pad0: _,
+        pad0: _,
         comm,
     } = sender;
     KilledBy {
@@ -85,7 +85,7 @@ pub fn correlate(event: &DeathEvent) -> ExitRecord {
         pid,
         tid,
         ppid,
-        _pad0: _,
+        pad0: _,
         comm,
         sender,
         oom: oom_info,
@@ -147,7 +147,7 @@ mod tests {
             pid: 10,
             tid: 11,
             ppid: 1,
-            _pad0: 0,
+            pad0: 0,
             comm: comm("app"),
             sender: SignalSender {
                 ktime_ns: 0,
@@ -156,7 +156,7 @@ mod tests {
                 signo: 0,
                 code: 0,
                 kernel: 0,
-                _pad0: 0,
+                pad0: 0,
                 comm: [0; COMM_LEN],
             },
             oom: OomInfo {
@@ -183,7 +183,7 @@ mod tests {
         let cases: [(u32, Option<u8>, Option<&str>, bool); 4] = [
             (3 << 8, Some(3), None, false),
             (11, None, Some("SIGSEGV"), false),
-            (0x80 | 11, None, Some("SIGSEGV"), true),
+            (0x80 | 0xb, None, Some("SIGSEGV"), true),
             (0x80 | 6, None, Some("SIGABRT"), true),
         ];
         for (status, code, signal, core) in cases {
@@ -208,7 +208,7 @@ mod tests {
             signo: 9,
             code: 0,
             kernel: 0,
-            _pad0: 0,
+            pad0: 0,
             comm: comm("kill"),
         };
         let r = correlate(&e);

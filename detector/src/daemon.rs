@@ -126,7 +126,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = read_counters(&counters);
+    let mut previous = read_counters(&counters);
 
     tracing::info!(
         exit = hooks.exit,
@@ -142,8 +142,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 let now = read_counters(&counters);
-                report_counters(&now, &last);
-                last = now;
+                report_counters(&now, &previous);
+                previous = now;
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -152,7 +152,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // Whatever the kernel wrote before we were told to stop still gets out.
     pipeline.drain(ring.get_mut());
     let now = read_counters(&counters);
-    report_counters(&now, &last);
+    report_counters(&now, &previous);
     let [
         (emitted, _),
         (lost, _),

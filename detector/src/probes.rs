@@ -145,8 +145,8 @@ fn mark_victim_offsets(
     }
 }
 
-fn rejected(program: &'static str, e: ProgramError) -> ProbeError {
-    let detail = match &e {
+fn rejected(program: &'static str, e: &ProgramError) -> ProbeError {
+    let detail = match e {
         ProgramError::LoadError {
             io_error,
             verifier_log,
@@ -163,12 +163,12 @@ where
     let prog = ebpf
         .program_mut(name)
         .ok_or(ProbeError::Missing { program: name })?;
-    prog.try_into().map_err(|e| rejected(name, e))
+    prog.try_into().map_err(|e| rejected(name, &e))
 }
 
 fn attach_raw_tp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
     let prog: &mut RawTracePoint = program(ebpf, name)?;
-    prog.load().map_err(|e| rejected(name, e))?;
+    prog.load().map_err(|e| rejected(name, &e))?;
     prog.attach(name).map_err(|source| ProbeError::Attach {
         program: name,
         target: format!("raw tracepoint {name}"),
@@ -184,7 +184,7 @@ fn attach_fentry(
     function: &str,
 ) -> Result<(), ProbeError> {
     let prog: &mut FEntry = program(ebpf, name)?;
-    prog.load(function, btf).map_err(|e| rejected(name, e))?;
+    prog.load(function, btf).map_err(|e| rejected(name, &e))?;
     prog.attach().map_err(|source| ProbeError::Attach {
         program: name,
         target: format!("fentry {function}"),
@@ -196,7 +196,7 @@ fn attach_fentry(
 fn attach_oom(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     let prog: &mut RawTracePoint = program(ebpf, "memcg_reclaim_begin")?;
     prog.load()
-        .map_err(|e| rejected("memcg_reclaim_begin", e))?;
+        .map_err(|e| rejected("memcg_reclaim_begin", &e))?;
     prog.attach("mm_vmscan_memcg_reclaim_begin")
         .map_err(|source| ProbeError::Attach {
             program: "memcg_reclaim_begin",
@@ -205,7 +205,7 @@ fn attach_oom(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
         })?;
     let prog: &mut RawTracePoint = program(ebpf, "direct_reclaim_begin")?;
     prog.load()
-        .map_err(|e| rejected("direct_reclaim_begin", e))?;
+        .map_err(|e| rejected("direct_reclaim_begin", &e))?;
     prog.attach("mm_vmscan_direct_reclaim_begin")
         .map_err(|source| ProbeError::Attach {
             program: "direct_reclaim_begin",
@@ -213,7 +213,7 @@ fn attach_oom(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
             source,
         })?;
     let prog: &mut TracePoint = program(ebpf, "mark_victim")?;
-    prog.load().map_err(|e| rejected("mark_victim", e))?;
+    prog.load().map_err(|e| rejected("mark_victim", &e))?;
     prog.attach("oom", "mark_victim")
         .map_err(|source| ProbeError::Attach {
             program: "mark_victim",
@@ -271,7 +271,7 @@ pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
             Ok(()) => {
                 hooks.oom = Some(
                     "tracepoints oom:mark_victim, vmscan:mm_vmscan_{memcg,direct}_reclaim_begin",
-                )
+                );
             }
             Err(e) => hooks
                 .degraded
@@ -283,4 +283,38 @@ pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
         );
     }
     Ok(Probes { ebpf, hooks })
+}
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+
+    /// The kernel programs were compiled by another compiler for another target; this reads the
+    /// layout table they were built with out of the embedded object and compares it with ours.
+    #[test]
+    fn kernel_object_was_built_with_our_layouts() {
+        let file = object::File::parse(super::object()).expect("embedded object is ELF");
+        let symbol = file
+            .symbols()
+            .find(|s| s.name() == Ok("DETECTOR_LAYOUTS"))
+            .expect("DETECTOR_LAYOUTS symbol in the kernel object");
+        let section = file
+            .section_by_index(symbol.section_index().expect("symbol has a section"))
+            .expect("section");
+        let data = section.data().expect("section data");
+        let start = usize::try_from(symbol.address() - section.address()).expect("offset");
+        let len = usize::try_from(symbol.size()).expect("size");
+        let bytes = data
+            .get(start..start + len)
+            .expect("symbol inside its section");
+        let kernel: Vec<u32> = bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        assert_eq!(
+            kernel,
+            detector_common::LAYOUTS,
+            "(size, align) of EventHeader, SignalSender, OomInfo, DeathEvent, Offsets"
+        );
+    }
 }

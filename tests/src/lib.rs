@@ -1,1 +1,269 @@
+//! Harness for the kernel tests: a real `detector run` whose stdout records are collected, and
+//! helpers to make processes die in known ways. `cargo xtask test` builds the daemon and sets
+//! `DETECTOR_BIN`; the tests need root.
 
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::process::ExitStatusExt as _,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long a test waits for a record or for the daemon to be ready before failing.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The daemon binary under test.
+///
+/// # Panics
+/// When `DETECTOR_BIN` is not set: run the tests with `cargo xtask test`.
+#[must_use]
+pub fn detector_bin() -> String {
+    std::env::var("DETECTOR_BIN").unwrap_or_else(|_| {
+        panic!("DETECTOR_BIN is not set: run these tests with `cargo xtask test`")
+    })
+}
+
+#[derive(Default)]
+struct Seen {
+    records: Vec<Value>,
+    stderr: Vec<String>,
+    ready: bool,
+    closed: bool,
+}
+
+/// A running `detector run`; stopped (SIGTERM) when dropped.
+pub struct Daemon {
+    child: Child,
+    seen: Arc<(Mutex<Seen>, Condvar)>,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until its probes are attached.
+    ///
+    /// # Panics
+    /// If it cannot start or does not become ready in time.
+    #[must_use]
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// # Panics
+    /// As [`Daemon::start`].
+    #[must_use]
+    pub fn start_with(extra: &[&str]) -> Self {
+        let mut child = Command::new(detector_bin())
+            .arg("run")
+            .args(extra)
+            .env("DETECTOR_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", detector_bin()));
+        let seen = Arc::new((Mutex::new(Seen::default()), Condvar::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let s = Arc::clone(&seen);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("daemon wrote a non-JSON line {line:?}: {e}"));
+                let (lock, cv) = &*s;
+                lock.lock().expect("lock").records.push(value);
+                cv.notify_all();
+            }
+            let (lock, cv) = &*s;
+            lock.lock().expect("lock").closed = true;
+            cv.notify_all();
+        });
+        let s = Arc::clone(&seen);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[detector] {line}");
+                let (lock, cv) = &*s;
+                let mut seen = lock.lock().expect("lock");
+                seen.ready |= line.contains("detector ready");
+                seen.stderr.push(line);
+                cv.notify_all();
+            }
+        });
+        let daemon = Self { child, seen };
+        daemon.wait_until("the daemon to become ready", |s| s.ready || s.closed);
+        assert!(
+            daemon.with(|s| s.ready),
+            "daemon exited before it was ready: {:?}",
+            daemon.with(|s| s.stderr.clone())
+        );
+        daemon
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.seen.0.lock().expect("lock"))
+    }
+
+    fn wait_until(&self, what: &str, done: impl Fn(&Seen) -> bool) {
+        let (lock, cv) = &*self.seen;
+        let deadline = Instant::now() + WAIT;
+        let mut seen = lock.lock().expect("lock");
+        while !done(&seen) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out after {WAIT:?} waiting for {what}; stderr: {:?}",
+                seen.stderr
+            );
+            seen = cv.wait_timeout(seen, left).expect("lock").0;
+        }
+    }
+
+    /// All records for `pid` seen so far.
+    #[must_use]
+    pub fn records_for(&self, pid: u32) -> Vec<Value> {
+        self.with(|s| {
+            s.records
+                .iter()
+                .filter(|r| r["pid"] == pid)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Waits for the record of `pid`'s death and returns it.
+    ///
+    /// # Panics
+    /// If none comes in time.
+    #[must_use]
+    pub fn record_for(&self, pid: u32) -> Value {
+        self.wait_until(&format!("the record of pid {pid}"), |s| {
+            s.records.iter().any(|r| r["pid"] == pid)
+        });
+        self.records_for(pid).remove(0)
+    }
+
+    /// Waits until `n` records matching `pred` were seen.
+    pub fn wait_for_count(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) {
+        self.wait_until(what, |s| s.records.iter().filter(|r| pred(r)).count() >= n);
+    }
+
+    /// All records seen so far.
+    #[must_use]
+    pub fn records(&self) -> Vec<Value> {
+        self.with(|s| s.records.clone())
+    }
+
+    /// Stops the daemon with SIGTERM; returns every record it wrote and its stderr (which ends
+    /// with its summary).
+    ///
+    /// # Panics
+    /// If it does not stop cleanly.
+    #[must_use]
+    pub fn stop(mut self) -> (Vec<Value>, Vec<String>) {
+        self.terminate();
+        let status = self.child.wait().expect("wait for daemon");
+        assert!(status.success(), "daemon exited with {status}");
+        self.wait_until("the daemon's output to end", |s| {
+            s.closed && s.stderr.iter().any(|l| l.contains("detector stopped"))
+        });
+        self.with(|s| (s.records.clone(), s.stderr.clone()))
+    }
+
+    fn terminate(&self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` to its end; returns its pid and exit status (the kernel's wait status).
+///
+/// # Panics
+/// If it cannot be started.
+#[must_use]
+pub fn run(cmd: &mut Command) -> (u32, ExitStatus) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id();
+    let status = child
+        .wait()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+    (pid, status)
+}
+
+/// Asserts what every record must say of a death we watched with `waitpid`: who, and the wait
+/// status exactly as the kernel gave it to us.
+///
+/// # Panics
+/// On any difference.
+pub fn assert_matches_wait(record: &Value, pid: u32, status: ExitStatus) {
+    assert_eq!(record["kind"], "exit", "{record}");
+    assert_eq!(record["pid"], pid, "{record}");
+    assert_eq!(
+        record["ppid"],
+        std::process::id(),
+        "parent is this test: {record}"
+    );
+    assert_eq!(
+        record["wait_status"],
+        status.into_raw(),
+        "wait status as waitpid saw it: {record}"
+    );
+    assert_eq!(
+        record["exit_code"],
+        status.code().map_or(Value::Null, Value::from),
+        "{record}"
+    );
+    assert_eq!(record["core_dumped"], status.core_dumped(), "{record}");
+    let time = record["time"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no time: {record}"));
+    assert!(
+        time.ends_with('Z') && time.len() == "2026-01-01T00:00:00.000000Z".len(),
+        "RFC 3339 with µs: {time}"
+    );
+    assert!(record["latency_us"].as_u64().is_some(), "{record}");
+    assert!(
+        record["cgroup_id"].as_u64().is_some_and(|id| id > 0),
+        "{record}"
+    );
+    assert_eq!(record["cgroup"], own_cgroup2_path(), "{record}");
+}
+
+/// This process's cgroup2 path (`0::/path` in /proc/self/cgroup).
+///
+/// # Panics
+/// If there is none.
+#[must_use]
+pub fn own_cgroup2_path() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+        .expect("a cgroup2 entry in /proc/self/cgroup")
+}
+
+/// This process's cgroup v1 memory controller path (`N:memory:/path`), if v1 memory is mounted.
+#[must_use]
+pub fn own_memcg_v1_path() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| path.to_owned())
+    })
+}

@@ -1,0 +1,139 @@
+//! Installs what building and testing need, on a fresh machine of the project's kind.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::run;
+
+/// The bpf-linker release we build; it must support the nightly's LLVM major version.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", crate::display(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            crate::display(cmd),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// nightly + rust-src, and bpf-linker linked against the nightly's LLVM.
+pub fn bpf_toolchain() -> Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .context("the kernel programs build with the `nightly` toolchain; install it with `rustup toolchain install nightly`")?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!(
+            "xtask: installing rust-src for the nightly toolchain (needed for -Z build-std=core)"
+        );
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(());
+    }
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    let (llvm, major) = nightly_llvm(&sysroot.join("lib"))?;
+    // bpf-linker keeps a RUNPATH to this prefix, so it lives outside the (disposable) target dir.
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let prefix = Path::new(&home).join(".cache/detector/llvm-prefix");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let file_name = llvm.file_name().context("LLVM library has no file name")?;
+    for link in [lib.join("libLLVM.so"), lib.join(file_name)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM {major} ({}); this takes a few minutes",
+        llvm.display()
+    );
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+    ])
+    .arg(format!("llvm-{major}"))
+    .env("LLVM_PREFIX", &prefix);
+    run(&mut cmd)
+}
+
+/// The nightly's `libLLVM.so.<major>.<minor>-rust-<version>` and its major version.
+fn nightly_llvm(lib: &Path) -> Result<(PathBuf, u32)> {
+    let entries = std::fs::read_dir(lib).with_context(|| format!("reading {}", lib.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name.strip_prefix("libLLVM.so.")
+            && version.contains("-rust-")
+            && let Some(major) = version.split('.').next().and_then(|m| m.parse().ok())
+        {
+            return Ok((entry.path(), major));
+        }
+    }
+    bail!(
+        "no libLLVM.so.<version>-rust-* in {}: is the nightly toolchain complete?",
+        lib.display()
+    )
+}
+
+/// Host state the daemon and the root tests need: tracefs mounted.
+pub fn host_for_tests() -> Result<()> {
+    let tracing = Path::new("/sys/kernel/tracing");
+    if !tracing.join("events").is_dir() {
+        eprintln!("xtask: mounting tracefs at {}", tracing.display());
+        run(Command::new("mount")
+            .args(["-t", "tracefs", "tracefs"])
+            .arg(tracing))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_nightly_llvm() {
+        let dir = std::env::temp_dir().join(format!("xtask-llvm-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for name in [
+            "libLLVM.so",
+            "librustc_driver.so",
+            "libLLVM.so.22.1-rust-1.97.0-nightly",
+        ] {
+            std::fs::write(dir.join(name), b"").expect("file");
+        }
+        let (path, major) = nightly_llvm(&dir).expect("found");
+        assert_eq!(
+            (path.file_name().and_then(|n| n.to_str()), major),
+            (Some("libLLVM.so.22.1-rust-1.97.0-nightly"), 22)
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert!(nightly_llvm(&dir).is_err());
+    }
+}
