@@ -19,6 +19,13 @@ use crate::{
     sinks,
 };
 
+/// While deaths keep coming, drain again after this pause instead of going back to sleep in the
+/// kernel: one wakeup then carries many records. Deaths in a storm wait at most this long more;
+/// an isolated death still wakes the daemon at once.
+const BUSY_PAUSE: Duration = Duration::from_micros(250);
+/// Bound on one busy stretch, so that signals and counters are still served during a long storm.
+const BUSY_MAX: Duration = Duration::from_millis(50);
+
 /// Records are written at least this often during a burst, so the first death of a storm is not
 /// held back until the whole storm has been read.
 const FLUSH_EVERY: usize = 64;
@@ -32,6 +39,18 @@ const COUNTER_NAMES: [(u32, &str); 4] = [
 #[derive(Debug, Clone)]
 pub struct Options {
     pub ringbuf_bytes: u32,
+    /// Niceness to run at; see `detector run --help`.
+    pub nice: i32,
+}
+
+/// Sets this process's niceness. Failing is not fatal: the records are the same, only later
+/// under load.
+fn set_nice(nice: i32) {
+    // SAFETY: setpriority has no memory-safety preconditions; `0` means this process.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc != 0 {
+        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot set the daemon's niceness");
+    }
 }
 
 /// Everything after the ring buffer.
@@ -43,10 +62,23 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+    /// Drains, then keeps draining every [`BUSY_PAUSE`] while records keep coming.
+    fn drain_burst(&mut self, ring: &mut RingBuf<MapData>) {
+        let start = std::time::Instant::now();
+        while self.drain(ring) > 0 && start.elapsed() < BUSY_MAX {
+            // A blocking pause on purpose: tokio's timers have millisecond resolution, and this
+            // runtime serves nothing else that could starve in 100 µs.
+            std::thread::sleep(BUSY_PAUSE);
+        }
+    }
+
+    /// Reads everything in the ring buffer; returns how many records it read.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> usize {
         let clock = Clock::now();
+        let mut read = 0;
         let mut pending = 0;
         while let Some(item) = ring.next() {
+            read += 1;
             match decode(&item) {
                 Ok(Event::Death(event)) => {
                     self.received += 1;
@@ -69,6 +101,7 @@ impl Pipeline {
             }
         }
         self.stdout.flush();
+        read
     }
 }
 
@@ -101,6 +134,7 @@ fn report_counters(now: &[(u64, Vec<u64>); 4], before: &[(u64, Vec<u64>); 4]) {
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let Probes { mut ebpf, hooks } = probes::load(options.ringbuf_bytes)?;
+    set_nice(options.nice);
     for note in &hooks.degraded {
         tracing::warn!("{note}");
     }
@@ -137,8 +171,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                pipeline.drain(guard.get_inner_mut());
                 guard.clear_ready();
+                pipeline.drain_burst(guard.get_inner_mut());
             }
             _ = tick.tick() => {
                 let now = read_counters(&counters);

@@ -18,6 +18,10 @@ enum Command {
         /// Size of the kernel → daemon ring buffer in bytes (a power of two, at least one page).
         #[arg(long, default_value_t = 4 << 20, value_parser = parse_ringbuf_bytes)]
         ringbuf_bytes: u32,
+        /// Scheduling niceness for the daemon (-20..=19). Below 0 by default so that records stay
+        /// prompt when the host's CPUs are saturated, which is when processes tend to die.
+        #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+        nice: i32,
     },
 }
 
@@ -41,13 +45,17 @@ fn main() -> ExitCode {
         )
         .init();
     let result = match cli.command {
-        Command::Run { ringbuf_bytes } => tokio::runtime::Builder::new_current_thread()
+        Command::Run {
+            ringbuf_bytes,
+            nice,
+        } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
                 rt.block_on(detector::daemon::run(detector::daemon::Options {
                     ringbuf_bytes,
+                    nice,
                 }))
             }),
     };

@@ -248,7 +248,9 @@ pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
     let exit_has_group_dead = tracefs::format(&tracefs_dir, "sched", "sched_process_exit")
         .is_ok_and(|format| format.contains_key("group_dead"));
 
+    // No CO-RE relocations to apply (offsets come in `OFFSETS`), so aya needs no target BTF.
     let mut ebpf = EbpfLoader::new()
+        .btf(None)
         .override_global("OFFSETS", &offsets, true)
         .map_max_entries("EVENTS", ringbuf_bytes)
         .load(OBJECT)
@@ -282,6 +284,11 @@ pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
             "OOM kills are reported without OOM details: no oom:mark_victim tracepoint".to_owned(),
         );
     }
+    drop(btf);
+    // Start-up parsed two copies of the kernel's BTF (ours and aya's): several MB of small
+    // allocations the allocator keeps unless asked. Hand them back; the daemon runs for months.
+    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     Ok(Probes { ebpf, hooks })
 }
 

@@ -8,8 +8,8 @@
 //! - `thread-exits-after-main`: the main thread exits alone with 5, then the last thread exits
 //!   alone with 7 (no `exit_group`);
 //! - `alloc`: allocates and touches memory until something stops it (run it in a memory cgroup);
-//! - `storm N [CODE]`: forks N children that each `_exit(CODE)` (default 1) at once, waits for
-//!   them, prints their pids.
+//! - `storm N [CODE]`: forks N children that each `_exit(CODE)` (default 1) at once, reaping them
+//!   a thousand at a time, and prints their pids.
 
 use std::{thread, time::Duration};
 
@@ -54,20 +54,24 @@ fn main() {
             let n: usize = args.get(2).and_then(|n| n.parse().ok()).expect("storm N");
             let code: i32 = args.get(3).map_or(1, |c| c.parse().expect("storm N CODE"));
             let mut pids = Vec::with_capacity(n);
-            for _ in 0..n {
-                // SAFETY: this helper is single-threaded; the child only calls _exit.
-                match unsafe { libc::fork() } {
-                    // SAFETY: _exit is async-signal-safe.
-                    0 => unsafe { libc::_exit(code) },
-                    -1 => panic!("fork failed: {}", std::io::Error::last_os_error()),
-                    pid => pids.push(pid),
+            // Reaped in batches: unreaped children hold pids, and pid_max can be as low as 32768.
+            for batch in (0..n).collect::<Vec<_>>().chunks(1000) {
+                let start = pids.len();
+                for _ in batch {
+                    // SAFETY: this helper is single-threaded; the child only calls _exit.
+                    match unsafe { libc::fork() } {
+                        // SAFETY: _exit is async-signal-safe.
+                        0 => unsafe { libc::_exit(code) },
+                        -1 => panic!("fork failed: {}", std::io::Error::last_os_error()),
+                        pid => pids.push(pid),
+                    }
                 }
-            }
-            for pid in &pids {
-                let mut status = 0;
-                // SAFETY: waiting for our own child.
-                unsafe { libc::waitpid(*pid, &raw mut status, 0) };
-                assert_eq!(status, code << 8, "child {pid}");
+                for pid in &pids[start..] {
+                    let mut status = 0;
+                    // SAFETY: waiting for our own child.
+                    unsafe { libc::waitpid(*pid, &raw mut status, 0) };
+                    assert_eq!(status, code << 8, "child {pid}");
+                }
             }
             let out: Vec<String> = pids.iter().map(ToString::to_string).collect();
             println!("{}", out.join("\n"));
