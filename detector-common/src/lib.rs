@@ -28,8 +28,8 @@ pub mod death_flags {
     pub const OOM: u32 = 1 << 1;
 }
 
-/// Bits of [`OomInfo::fields`]: which figures the running kernel provided. Kernels before 6.8 have
-/// no memory figures in `oom:mark_victim`; we report them as missing rather than as zero.
+/// Bits of [`OomInfo::fields`]: which figures the running kernel provided. Kernels without the 6.8
+/// additions have no memory figures in `oom:mark_victim`; we report them as missing, not zero.
 pub mod oom_fields {
     pub const TOTAL_VM: u32 = 1 << 0;
     pub const ANON_RSS: u32 = 1 << 1;

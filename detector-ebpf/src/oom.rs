@@ -6,7 +6,7 @@
 //!   in the context of the task whose allocation invoked the OOM killer (mm/oom_kill.c). Classic,
 //!   not raw: the kernel computes the victim's memory figures (kB) for the event record, the same
 //!   numbers it prints in "Killed process"; a BPF program could not sum the per-CPU counters.
-//!   Field offsets come from its `format` file; kernels before 6.8 have only `pid` there.
+//!   Field offsets come from its `format` file; kernels without the 6.8 additions (unless backported, as Debian's 6.1 did) have only `pid`.
 //! - raw tracepoints `mm_vmscan_memcg_reclaim_begin` and `mm_vmscan_direct_reclaim_begin`: the
 //!   reclaim a task did last before invoking the OOM killer says what ran out. A memory cgroup's
 //!   charge path (`try_charge_memcg` → `try_to_free_mem_cgroup_pages`) reclaims with the first,

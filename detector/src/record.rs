@@ -49,7 +49,7 @@ pub struct KilledBy {
 /// The OOM killer's view of the victim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OomRecord {
-    /// Memory figures in kB at the kill; null on kernels whose `oom:mark_victim` lacks them (< 6.8).
+    /// Memory figures in kB at the kill; null on kernels whose `oom:mark_victim` lacks them (6.8 added them).
     pub total_vm_kb: Option<u64>,
     pub anon_rss_kb: Option<u64>,
     pub file_rss_kb: Option<u64>,

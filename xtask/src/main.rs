@@ -52,8 +52,10 @@ fn root() -> PathBuf {
 /// Runs a command in the workspace root, echoing it, and fails with its exit status.
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {}", display(cmd));
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     let status = cmd
-        .current_dir(root())
         .status()
         .with_context(|| format!("cannot start {}", display(cmd)))?;
     if !status.success() {
@@ -142,6 +144,8 @@ fn test(args: &[String]) -> Result<()> {
     ])
     .args(args);
     cmd.env("DETECTOR_BIN", &daemon);
+    setup::test_packages()?;
+    cmd.env("DETECTOR_KERNEL_6_1", setup::kernel_6_1()?);
     run(&mut cmd)
 }
 

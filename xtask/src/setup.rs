@@ -101,6 +101,93 @@ fn nightly_llvm(lib: &Path) -> Result<(PathBuf, u32)> {
     )
 }
 
+/// Debian packages the root tests use: qemu and busybox boot the second kernel, cpio packs its
+/// initramfs.
+const TEST_PACKAGES: [(&str, &str); 3] = [
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("busybox-static", "/bin/busybox"),
+    ("cpio", "/usr/bin/cpio"),
+];
+
+/// Installs the Debian packages the tests need, if any is missing.
+pub fn test_packages() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing Debian packages for the tests: {}",
+        missing.join(" ")
+    );
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Debian's newest 6.1 cloud kernel, downloaded and unpacked once under `target/kernels`;
+/// returns the path of its `vmlinuz`.
+pub fn kernel_6_1() -> Result<PathBuf> {
+    let dir = crate::root().join("target/kernels");
+    if let Some(found) = find_vmlinuz(&dir) {
+        return Ok(found);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let search = || {
+        output(Command::new("apt-cache").args([
+            "search",
+            "--names-only",
+            "^linux-image-6\\.1\\.0-[0-9]+-cloud-amd64-unsigned$",
+        ]))
+    };
+    let mut names = search()?;
+    if names.trim().is_empty() {
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        names = search()?;
+    }
+    let package = names
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .max_by_key(|name| {
+            name.trim_start_matches("linux-image-6.1.0-")
+                .split('-')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+        })
+        .context("Debian offers no linux-image-6.1.0-*-cloud-amd64-unsigned package")?
+        .to_owned();
+    eprintln!("xtask: downloading {package} to boot the tests' second kernel");
+    run(Command::new("apt-get")
+        .args(["download", &package])
+        .current_dir(&dir))?;
+    let deb = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(dir.join("x")))?;
+    find_vmlinuz(&dir).context("the kernel package has no boot/vmlinuz-*")
+}
+
+fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir.join("x/boot"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1."))
+        })
+}
+
 /// Host state the daemon and the root tests need: tracefs mounted.
 pub fn host_for_tests() -> Result<()> {
     let tracing = Path::new("/sys/kernel/tracing");
