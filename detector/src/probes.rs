@@ -166,14 +166,15 @@ where
     prog.try_into().map_err(|e| rejected(name, &e))
 }
 
-fn attach_raw_tp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), ProbeError> {
+fn attach_raw_tp(ebpf: &mut Ebpf, name: &'static str, tracepoint: &str) -> Result<(), ProbeError> {
     let prog: &mut RawTracePoint = program(ebpf, name)?;
     prog.load().map_err(|e| rejected(name, &e))?;
-    prog.attach(name).map_err(|source| ProbeError::Attach {
-        program: name,
-        target: format!("raw tracepoint {name}"),
-        source,
-    })?;
+    prog.attach(tracepoint)
+        .map_err(|source| ProbeError::Attach {
+            program: name,
+            target: format!("raw tracepoint {tracepoint}"),
+            source,
+        })?;
     Ok(())
 }
 
@@ -194,24 +195,12 @@ fn attach_fentry(
 }
 
 fn attach_oom(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    let prog: &mut RawTracePoint = program(ebpf, "memcg_reclaim_begin")?;
-    prog.load()
-        .map_err(|e| rejected("memcg_reclaim_begin", &e))?;
-    prog.attach("mm_vmscan_memcg_reclaim_begin")
-        .map_err(|source| ProbeError::Attach {
-            program: "memcg_reclaim_begin",
-            target: "raw tracepoint mm_vmscan_memcg_reclaim_begin".to_owned(),
-            source,
-        })?;
-    let prog: &mut RawTracePoint = program(ebpf, "direct_reclaim_begin")?;
-    prog.load()
-        .map_err(|e| rejected("direct_reclaim_begin", &e))?;
-    prog.attach("mm_vmscan_direct_reclaim_begin")
-        .map_err(|source| ProbeError::Attach {
-            program: "direct_reclaim_begin",
-            target: "raw tracepoint mm_vmscan_direct_reclaim_begin".to_owned(),
-            source,
-        })?;
+    attach_raw_tp(ebpf, "memcg_reclaim_begin", "mm_vmscan_memcg_reclaim_begin")?;
+    attach_raw_tp(
+        ebpf,
+        "direct_reclaim_begin",
+        "mm_vmscan_direct_reclaim_begin",
+    )?;
     let prog: &mut TracePoint = program(ebpf, "mark_victim")?;
     prog.load().map_err(|e| rejected("mark_victim", &e))?;
     prog.attach("oom", "mark_victim")
@@ -257,7 +246,7 @@ pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
         .map_err(ProbeError::Load)?;
 
     hooks.exit = if exit_has_group_dead {
-        attach_raw_tp(&mut ebpf, "sched_process_exit")?;
+        attach_raw_tp(&mut ebpf, "sched_process_exit", "sched_process_exit")?;
         "raw tracepoint sched_process_exit(group_dead)"
     } else {
         // aya's own BTF view: fentry programs need their target function's type.
@@ -266,7 +255,7 @@ pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
             .map_err(|e| ProbeError::NoExitHook(e.to_string()))?;
         "fentry taskstats_exit"
     };
-    attach_raw_tp(&mut ebpf, "signal_generate")?;
+    attach_raw_tp(&mut ebpf, "signal_generate", "signal_generate")?;
     let oom_ready = offsets.mv_pid != ABSENT;
     if oom_ready {
         match attach_oom(&mut ebpf) {
