@@ -150,12 +150,6 @@ impl Daemon {
         self.wait_until(what, |s| s.records.iter().filter(|r| pred(r)).count() >= n);
     }
 
-    /// All records seen so far.
-    #[must_use]
-    pub fn records(&self) -> Vec<Value> {
-        self.with(|s| s.records.clone())
-    }
-
     /// Stops the daemon with SIGTERM; returns every record it wrote and its stderr (which ends
     /// with its summary).
     ///
