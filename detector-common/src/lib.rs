@@ -18,7 +18,14 @@ pub const CGROUP_NAME_LEN: usize = 64;
 pub mod event_kind {
     /// A thread group died with a non-zero wait status: [`crate::DeathEvent`].
     pub const DEATH: u32 = 1;
+    /// A cgroup2 directory was created: [`crate::CgroupEvent`].
+    pub const CGROUP_MKDIR: u32 = 2;
+    /// A cgroup2 directory was removed: [`crate::CgroupEvent`].
+    pub const CGROUP_RMDIR: u32 = 3;
 }
+
+/// Bytes of a cgroup path the kernel programs copy; longer paths are cut and flagged.
+pub const CGROUP_PATH_LEN: usize = 256;
 
 /// Bits of [`DeathEvent::flags`].
 pub mod death_flags {
@@ -146,6 +153,25 @@ pub struct DeathEvent {
     pub oom: OomInfo,
 }
 
+/// A cgroup2 directory created or removed (`cgroup:cgroup_mkdir` / `cgroup:cgroup_rmdir`). The
+/// creation reaches the ring buffer before any death inside the cgroup can, so the daemon knows
+/// every path before it needs it, however soon the cgroup is removed after the death.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupEvent {
+    pub header: EventHeader,
+    /// The cgroup id (its kernfs id, the directory's inode number), as deaths carry it.
+    pub id: u64,
+    /// Depth below the root (the root is 0).
+    pub level: u32,
+    /// Bytes of `path` used, without the NUL; `CGROUP_PATH_LEN` when the path was cut.
+    pub path_len: u32,
+    /// Path relative to the cgroup2 root, e.g. `/system.slice/app.service`; NUL-padded.
+    pub path: [u8; CGROUP_PATH_LEN],
+}
+
+const _: () = assert!(size_of::<CgroupEvent>() == 8 + 8 + 8 + CGROUP_PATH_LEN);
+
 const _: () = assert!(size_of::<EventHeader>() == 8);
 const _: () = assert!(size_of::<SignalSender>() == 48);
 const _: () = assert!(size_of::<OomInfo>() == 152);
@@ -155,7 +181,7 @@ const _: () = assert!(align_of::<DeathEvent>() == 8);
 
 /// `(size, alignment)` of each shared type, in a fixed order. The kernel object exports the same
 /// table as the `DETECTOR_LAYOUTS` symbol, built by the BPF compiler; a daemon test compares the two.
-pub const LAYOUTS: [u32; 10] = [
+pub const LAYOUTS: [u32; 12] = [
     size_of::<EventHeader>() as u32,
     align_of::<EventHeader>() as u32,
     size_of::<SignalSender>() as u32,
@@ -166,6 +192,8 @@ pub const LAYOUTS: [u32; 10] = [
     align_of::<DeathEvent>() as u32,
     size_of::<Offsets>() as u32,
     align_of::<Offsets>() as u32,
+    size_of::<CgroupEvent>() as u32,
+    align_of::<CgroupEvent>() as u32,
 ];
 
 /// Key of the pending-signal map: one slot per (thread group, signal) so that a later harmless
@@ -214,9 +242,15 @@ pub struct Offsets {
     pub mv_file_rss: u32,
     pub mv_shmem_rss: u32,
     pub mv_oom_score_adj: u32,
+    // Fields of the cgroup:cgroup_mkdir / cgroup_rmdir records (one event class, one layout).
+    pub cg_root: u32,
+    pub cg_level: u32,
+    pub cg_id: u32,
+    /// The `__data_loc` word of `path`: offset in the low 16 bits, length in the high 16.
+    pub cg_path: u32,
 }
 
-const _: () = assert!(size_of::<Offsets>() == 23 * 4);
+const _: () = assert!(size_of::<Offsets>() == 27 * 4);
 
 impl Offsets {
     /// Every offset absent: what the kernel programs see if the loader set nothing.
@@ -244,6 +278,10 @@ impl Offsets {
         mv_file_rss: ABSENT,
         mv_shmem_rss: ABSENT,
         mv_oom_score_adj: ABSENT,
+        cg_root: ABSENT,
+        cg_level: ABSENT,
+        cg_id: ABSENT,
+        cg_path: ABSENT,
     };
 }
 

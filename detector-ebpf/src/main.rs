@@ -1,7 +1,8 @@
 //! detector's kernel programs. One file per hook family:
 //! - [`exit`]: the death of a thread group, with its wait status;
 //! - [`signal`]: who generated each signal, kept until the death it may explain;
-//! - [`oom`]: the OOM killer's victim, its memory figures and the memory cgroup that ran out.
+//! - [`oom`]: the OOM killer's victim, its memory figures and the memory cgroup that ran out;
+//! - [`cgroup`]: cgroup2 directories created and removed, so paths outlive their cgroups.
 //!
 //! Everything the programs share lives in [`maps`]; kernel-struct access goes through [`kernel`],
 //! which reads offsets the loader found in this kernel's BTF (Rust BPF has no CO-RE relocations).
@@ -16,6 +17,7 @@
     reason = "aya's program macros hand each entry point its context by value"
 )]
 
+mod cgroup;
 mod exit;
 mod kernel;
 mod maps;

@@ -94,6 +94,8 @@ impl Pipeline {
                         pending = 0;
                     }
                 }
+                Ok(Event::CgroupMkdir { id, path }) => self.cgroups.created(id, path),
+                Ok(Event::CgroupRmdir { id }) => self.cgroups.removed(id),
                 Err(e) => {
                     self.undecodable += 1;
                     tracing::warn!(error = %e, len = item.len(), "skipping an undecodable kernel record");
@@ -157,6 +159,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         received: 0,
         undecodable: 0,
     };
+    // After the probes: a cgroup created during the scan is also in the ring buffer.
+    let known = pipeline.cgroups.scan();
+    tracing::debug!(cgroups = known, "learned the cgroup2 tree");
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -165,6 +170,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     tracing::info!(
         exit = hooks.exit,
         oom = hooks.oom.unwrap_or("none"),
+        cgroups = hooks.cgroups.unwrap_or("none"),
         "detector ready: watching process deaths"
     );
     loop {
@@ -178,6 +184,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 let now = read_counters(&counters);
                 report_counters(&now, &previous);
                 previous = now;
+                pipeline.cgroups.sweep(std::time::Instant::now());
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

@@ -1,6 +1,6 @@
 //! Ring-buffer bytes → typed kernel records. Checks every length; never panics on what it reads.
 
-use detector_common::{DeathEvent, EventHeader, event_kind};
+use detector_common::{CGROUP_PATH_LEN, CgroupEvent, DeathEvent, EventHeader, event_kind};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -17,9 +17,33 @@ pub enum DecodeError {
 }
 
 /// A record from the kernel programs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "each event is decoded and consumed at once; boxing would allocate per death"
+)]
 pub enum Event {
     Death(DeathEvent),
+    /// A cgroup2 directory was created; `path` is None when the kernel had to cut it.
+    CgroupMkdir {
+        id: u64,
+        path: Option<String>,
+    },
+    CgroupRmdir {
+        id: u64,
+    },
+}
+
+fn checked_size(kind: u32, size: u32, expected: usize) -> Result<(), DecodeError> {
+    if size as usize == expected {
+        Ok(())
+    } else {
+        Err(DecodeError::BadSize {
+            kind,
+            size,
+            expected,
+        })
+    }
 }
 
 /// Copies a `T` out of the front of `bytes`.
@@ -44,15 +68,26 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let EventHeader { kind, size } = read::<EventHeader>(bytes)?;
     match kind {
         event_kind::DEATH => {
-            let expected = size_of::<DeathEvent>();
-            if size as usize != expected {
-                return Err(DecodeError::BadSize {
-                    kind,
-                    size,
-                    expected,
-                });
-            }
+            checked_size(kind, size, size_of::<DeathEvent>())?;
             read::<DeathEvent>(bytes).map(Event::Death)
+        }
+        event_kind::CGROUP_MKDIR | event_kind::CGROUP_RMDIR => {
+            checked_size(kind, size, size_of::<CgroupEvent>())?;
+            let CgroupEvent {
+                header: _,
+                id,
+                level: _,
+                path_len,
+                path,
+            } = read::<CgroupEvent>(bytes)?;
+            if kind == event_kind::CGROUP_RMDIR {
+                return Ok(Event::CgroupRmdir { id });
+            }
+            let len = path_len as usize;
+            let path = (len < CGROUP_PATH_LEN)
+                .then(|| std::str::from_utf8(&path[..len]).ok().map(str::to_owned))
+                .flatten();
+            Ok(Event::CgroupMkdir { id, path })
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
@@ -112,6 +147,72 @@ mod tests {
                 matches!(err, DecodeError::Short { len: l, .. } if l == len),
                 "{len}: {err:?}"
             );
+        }
+    }
+
+    fn cgroup_bytes(kind: u32, path: &str, path_len: u32) -> Vec<u8> {
+        let mut event = CgroupEvent {
+            header: EventHeader {
+                kind,
+                size: size_of::<CgroupEvent>() as u32,
+            },
+            id: 77,
+            level: 1,
+            path_len,
+            path: [0; CGROUP_PATH_LEN],
+        };
+        event.path[..path.len()].copy_from_slice(path.as_bytes());
+        // SAFETY: a `repr(C)` value without implicit padding, viewed as its bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&event).cast::<u8>(),
+                size_of::<CgroupEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn cgroup_events() {
+        let cases = [
+            (
+                event_kind::CGROUP_MKDIR,
+                "/a.slice/b.service",
+                18,
+                Event::CgroupMkdir {
+                    id: 77,
+                    path: Some("/a.slice/b.service".into()),
+                },
+            ),
+            (
+                event_kind::CGROUP_MKDIR,
+                "/cut",
+                CGROUP_PATH_LEN as u32,
+                Event::CgroupMkdir { id: 77, path: None },
+            ),
+            (
+                event_kind::CGROUP_MKDIR,
+                "/x",
+                9999,
+                Event::CgroupMkdir { id: 77, path: None },
+            ),
+            (
+                event_kind::CGROUP_RMDIR,
+                "",
+                0,
+                Event::CgroupRmdir { id: 77 },
+            ),
+        ];
+        for (kind, path, len, want) in cases {
+            assert_eq!(
+                decode(&cgroup_bytes(kind, path, len)),
+                Ok(want),
+                "{path} {len}"
+            );
+        }
+        let bytes = cgroup_bytes(event_kind::CGROUP_MKDIR, "/a", 2);
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "{len}");
         }
     }
 

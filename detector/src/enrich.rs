@@ -1,15 +1,25 @@
 //! Enrichment: kernel cgroup ids → cgroup paths.
 //!
-//! A cgroup id is its kernfs node id, which is also the inode number of its directory. Rather than
-//! walking the tree to find it, we ask the kernel for the directory by that id with
-//! `open_by_handle_at(2)` (kernfs exports `FILEID_KERNFS` handles, see fs/kernfs/mount.c) and read
-//! its path back from /proc/self/fd. Ids are never reused, so answers are cached, including "gone".
+//! A cgroup id is its kernfs node id, which is also the inode number of its directory. cgroup2
+//! paths are learned before they are needed: by a scan of the tree at start-up and from the kernel
+//! programs' `cgroup_mkdir` records, which reach the ring buffer before any death inside the new
+//! cgroup can. So a unit's cgroup that systemd removes right after its last process died is still
+//! named. Removed cgroups are forgotten after [`REMOVED_GRACE`].
+//!
+//! For anything not learned that way (the v1 memory hierarchy of an OOM, a cut path), we ask the
+//! kernel for the directory by id with `open_by_handle_at(2)` (kernfs exports `FILEID_KERNFS`
+//! handles, see fs/kernfs/mount.c) and read its path back from /proc/self/fd. Ids are never
+//! reused, so those answers are cached, including "gone".
 
 use std::{
     collections::HashMap,
     fs::File,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::record::ExitRecord;
@@ -18,6 +28,9 @@ use crate::record::ExitRecord;
 const FILEID_KERNFS: i32 = 0xfe;
 /// Bound on the cache; past it the cache starts over (ids are cheap to resolve again).
 const CACHE_MAX: usize = 16 * 1024;
+/// How long a removed cgroup's path is kept: records are read within milliseconds of a death,
+/// so this only has to outlast a backlog.
+pub const REMOVED_GRACE: Duration = Duration::from_mins(1);
 
 /// A mounted cgroup hierarchy we can resolve ids in.
 struct Hierarchy {
@@ -86,11 +99,19 @@ fn relative(mount_point: &Path, target: &Path) -> Option<String> {
     Some(format!("/{}", rest.display()))
 }
 
+/// A cgroup2 path learned ahead of need.
+struct Known {
+    path: String,
+    removed: Option<Instant>,
+}
+
 /// Resolves the cgroup ids in records: the task's cgroup2 id, and the memory cgroup of an OOM.
 pub struct CgroupResolver {
     unified: Option<Hierarchy>,
     /// The hierarchy the memory controller is on: v1 `memory`, or the unified one.
     memory_v1: Option<Hierarchy>,
+    /// cgroup2 paths by id, from the start-up scan and `cgroup_mkdir` records.
+    known: HashMap<u64, Known>,
 }
 
 impl CgroupResolver {
@@ -121,11 +142,81 @@ impl CgroupResolver {
         if unified.is_none() {
             tracing::warn!("no cgroup2 hierarchy is mounted; cgroup paths will be null");
         }
-        Self { unified, memory_v1 }
+        Self {
+            unified,
+            memory_v1,
+            known: HashMap::new(),
+        }
+    }
+
+    /// Learns every cgroup2 directory that exists now; returns how many.
+    pub fn scan(&mut self) -> usize {
+        let Some(root) = self.unified.as_ref().map(|h| h.mount_point.clone()) else {
+            return 0;
+        };
+        let mut pending = vec![root.clone()];
+        let mut learned = 0;
+        while let Some(dir) = pending.pop() {
+            // Directories vanish while we walk; what is gone needs no path.
+            let Ok(meta) = std::fs::metadata(&dir) else {
+                continue;
+            };
+            if let Some(path) = relative(&root, &dir) {
+                self.learn(meta.ino(), path);
+                learned += 1;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            pending.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        learned
+    }
+
+    /// A cgroup2 directory was created (`path` None: the kernel had to cut it; look it up now,
+    /// while it exists).
+    pub fn created(&mut self, id: u64, path: Option<String>) {
+        let path = path.or_else(|| self.unified.as_mut()?.path(id));
+        if let Some(path) = path {
+            self.learn(id, path);
+        }
+    }
+
+    fn learn(&mut self, id: u64, path: String) {
+        self.known.insert(
+            id,
+            Known {
+                path,
+                removed: None,
+            },
+        );
+    }
+
+    /// A cgroup2 directory was removed: keep its path for [`REMOVED_GRACE`].
+    pub fn removed(&mut self, id: u64) {
+        if let Some(known) = self.known.get_mut(&id) {
+            known.removed = Some(Instant::now());
+        }
+    }
+
+    /// Forgets cgroups removed longer than [`REMOVED_GRACE`] before `now`.
+    pub fn sweep(&mut self, now: Instant) {
+        self.known.retain(|_, k| {
+            k.removed
+                .is_none_or(|at| now.duration_since(at) < REMOVED_GRACE)
+        });
     }
 
     /// Path of a cgroup2 id.
     pub fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        if let Some(known) = self.known.get(&id) {
+            return Some(known.path.clone());
+        }
         self.unified.as_mut()?.path(id)
     }
 
@@ -146,6 +237,36 @@ impl CgroupResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removed_cgroups_are_named_for_a_grace_period() {
+        let mut r = CgroupResolver {
+            unified: None,
+            memory_v1: None,
+            known: HashMap::new(),
+        };
+        r.created(7, Some("/system.slice/app.service".into()));
+        r.created(8, None);
+        assert_eq!(
+            r.cgroup_path(7).as_deref(),
+            Some("/system.slice/app.service")
+        );
+        assert_eq!(
+            r.cgroup_path(8),
+            None,
+            "a cut path with no hierarchy to ask stays unknown"
+        );
+        r.removed(7);
+        let now = Instant::now();
+        r.sweep(now);
+        assert_eq!(
+            r.cgroup_path(7).as_deref(),
+            Some("/system.slice/app.service"),
+            "within the grace period"
+        );
+        r.sweep(now + REMOVED_GRACE + Duration::from_secs(1));
+        assert_eq!(r.cgroup_path(7), None, "forgotten after it");
+    }
 
     #[test]
     fn relative_paths() {

@@ -4,6 +4,7 @@
 //! - death of a thread group: raw tracepoint `sched_process_exit` when it carries `group_dead`
 //!   (6.16+), else fentry on `taskstats_exit`, which gets the same `group_dead`;
 //! - fatal-signal sender: raw tracepoint `signal_generate` (4.17+);
+//! - cgroup2 paths ahead of need: classic tracepoints `cgroup:cgroup_mkdir` / `cgroup_rmdir`;
 //! - OOM: classic tracepoint `oom:mark_victim`, raw tracepoints `mm_vmscan_memcg_reclaim_begin`
 //!   and `mm_vmscan_direct_reclaim_begin` (see the kernel side's `oom.rs`). Missing OOM hooks or
 //!   fields degrade the `oom` object (logged); they never stop the daemon.
@@ -68,6 +69,7 @@ pub enum ProbeError {
 #[derive(Debug, Default)]
 pub struct Hooks {
     pub exit: &'static str,
+    pub cgroups: Option<&'static str>,
     pub oom: Option<&'static str>,
     /// What is missing on this kernel, one line each.
     pub degraded: Vec<String>,
@@ -212,6 +214,43 @@ fn attach_oom(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// Offsets of the `cgroup:cgroup_mkdir` record fields (`cgroup_rmdir` is the same event class).
+fn cgroup_offsets(o: &mut Offsets, format: &HashMap<String, tracefs::Field>) -> Result<(), String> {
+    let wanted: [(&str, u32, &mut u32); 4] = [
+        ("root", 4, &mut o.cg_root),
+        ("level", 4, &mut o.cg_level),
+        ("id", 8, &mut o.cg_id),
+        ("path", 4, &mut o.cg_path),
+    ];
+    for (name, size, slot) in wanted {
+        match format.get(name) {
+            Some(f) if f.size == size => *slot = f.offset,
+            Some(f) => {
+                return Err(format!(
+                    "cgroup:cgroup_mkdir field `{name}` has size {}, expected {size}",
+                    f.size
+                ));
+            }
+            None => return Err(format!("cgroup:cgroup_mkdir has no `{name}` field")),
+        }
+    }
+    Ok(())
+}
+
+fn attach_cgroup(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for name in ["cgroup_mkdir", "cgroup_rmdir"] {
+        let prog: &mut TracePoint = program(ebpf, name)?;
+        prog.load().map_err(|e| rejected(name, &e))?;
+        prog.attach("cgroup", name)
+            .map_err(|source| ProbeError::Attach {
+                program: name,
+                target: format!("tracepoint cgroup:{name}"),
+                source,
+            })?;
+    }
+    Ok(())
+}
+
 /// Checks the host, loads the programs with this kernel's offsets and attaches them.
 pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
     let uid = nix::unistd::geteuid().as_raw();
@@ -234,6 +273,10 @@ pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
         Ok(format) => mark_victim_offsets(&mut offsets, &format, &mut hooks.degraded),
         Err(e) => hooks.degraded.push(e.to_string()),
     }
+    let cgroup_events = match tracefs::format(&tracefs_dir, "cgroup", "cgroup_mkdir") {
+        Ok(format) => cgroup_offsets(&mut offsets, &format),
+        Err(e) => Err(e.to_string()),
+    };
     let exit_has_group_dead = tracefs::format(&tracefs_dir, "sched", "sched_process_exit")
         .is_ok_and(|format| format.contains_key("group_dead"));
 
@@ -256,6 +299,12 @@ pub fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
         "fentry taskstats_exit"
     };
     attach_raw_tp(&mut ebpf, "signal_generate", "signal_generate")?;
+    match cgroup_events.and_then(|()| attach_cgroup(&mut ebpf).map_err(|e| e.to_string())) {
+        Ok(()) => hooks.cgroups = Some("tracepoints cgroup:cgroup_mkdir, cgroup:cgroup_rmdir"),
+        Err(e) => hooks.degraded.push(format!(
+            "cgroup paths are looked up after each death, so a cgroup removed right after it may be null: {e}"
+        )),
+    }
     let oom_ready = offsets.mv_pid != ABSENT;
     if oom_ready {
         match attach_oom(&mut ebpf) {
@@ -310,7 +359,7 @@ mod tests {
         assert_eq!(
             kernel,
             detector_common::LAYOUTS,
-            "(size, align) of EventHeader, SignalSender, OomInfo, DeathEvent, Offsets"
+            "(size, align) of EventHeader, SignalSender, OomInfo, DeathEvent, Offsets, CgroupEvent"
         );
     }
 }

@@ -261,3 +261,24 @@ pub fn own_memcg_v1_path() -> Option<String> {
             .then(|| path.to_owned())
     })
 }
+
+/// Where the cgroup2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid hosts).
+///
+/// # Panics
+/// If none is mounted.
+#[must_use]
+pub fn cgroup2_mount() -> std::path::PathBuf {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("/proc/self/mountinfo");
+    text.lines()
+        .find_map(|l| {
+            let (mount, fs) = l.split_once(" - ")?;
+            (fs.split_whitespace().next() == Some("cgroup2")).then(|| {
+                mount
+                    .split_whitespace()
+                    .nth(4)
+                    .map(std::path::PathBuf::from)
+            })?
+        })
+        .expect("a cgroup2 mount")
+}

@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tests::{Daemon, assert_matches_wait, own_memcg_v1_path, run};
+use tests::{Daemon, assert_matches_wait, cgroup2_mount, own_memcg_v1_path, run};
 
 /// The `victim` helper (see `src/bin/victim.rs`) with a mode.
 fn victim(mode: &str) -> Command {
@@ -297,4 +297,38 @@ fn refuses_to_run_without_root() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn cgroup_path_outlives_the_cgroup() {
+    let daemon = Daemon::start();
+    // A storm keeps the daemon busy while each cgroup's only process dies and the cgroup is
+    // removed, as systemd removes a unit's cgroup: by the time the record is read the directory
+    // is usually gone, and only a path learned when it was created can name it. Five rounds, so
+    // that a daemon looking paths up late cannot pass by luck.
+    let mut storm = victim("storm")
+        .args(["40000", "1"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("storm");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let mut deaths = Vec::new();
+    for round in 0..5 {
+        let name = format!("detector-cg-{}-{round}", std::process::id());
+        let dir = cgroup2_mount().join(&name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let procs = dir.join("cgroup.procs");
+        let (pid, status) = run(Command::new("sh")
+            .args(["-c", "echo $$ > \"$1\" && exit 3", "sh"])
+            .arg(&procs));
+        std::fs::remove_dir(&dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+        assert_eq!(status.code(), Some(3));
+        deaths.push((pid, name));
+    }
+    assert!(storm.wait().expect("storm").success());
+    for (pid, name) in deaths {
+        let record = daemon.record_for(pid);
+        assert_eq!(record["exit_code"], 3, "{record}");
+        assert_eq!(record["cgroup"], format!("/{name}"), "{record}");
+    }
 }

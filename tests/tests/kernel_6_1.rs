@@ -138,6 +138,11 @@ fn records_are_right_on_debian_6_1() {
         "the 6.1 fallback did not run\n{}",
         context()
     );
+    assert!(
+        console.contains("cgroups=\"tracepoints cgroup:cgroup_mkdir, cgroup:cgroup_rmdir\""),
+        "cgroup paths are not learned ahead of need on 6.1\n{}",
+        context()
+    );
     let pid = |name: &str| -> u64 {
         console
             .lines()
