@@ -111,6 +111,8 @@ pub fn correlate(event: &DeathEvent) -> ExitRecord {
         comm: c_str(comm),
         cgroup: None,
         cgroup_id: *cgroup_id,
+        unit: None,
+        user_unit: None,
         exit_code,
         signal: signal.map(signals::name),
         core_dumped,

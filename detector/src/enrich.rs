@@ -220,9 +220,13 @@ impl CgroupResolver {
         self.unified.as_mut()?.path(id)
     }
 
-    /// Fills the record's cgroup path and its OOM memory cgroup path.
+    /// Fills the record's cgroup path, its systemd units and its OOM memory cgroup path.
     pub fn enrich(&mut self, record: &mut ExitRecord) {
         record.cgroup = self.cgroup_path(record.cgroup_id);
+        if let Some(units) = record.cgroup.as_deref().and_then(crate::units::units) {
+            record.unit = Some(units.unit);
+            record.user_unit = units.user_unit;
+        }
         if let Some(oom) = &mut record.oom
             && let Some(id) = oom.memcg_id
         {

@@ -1,7 +1,7 @@
 //! detector: sees every process death and OOM kill through eBPF and writes one record per death.
 //!
 //! Modules follow the data: [`probes`] (kernel programs) → ring buffer → [`decode`] →
-//! [`correlate`] → [`enrich`] → [`sinks`], driven by [`daemon`].
+//! [`correlate`] → [`enrich`] (cgroup paths, [`units`]) → [`sinks`], driven by [`daemon`].
 
 pub mod btf;
 pub mod clock;
@@ -14,3 +14,4 @@ pub mod record;
 pub mod signals;
 pub mod sinks;
 pub mod tracefs;
+pub mod units;

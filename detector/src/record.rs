@@ -16,6 +16,11 @@ pub struct ExitRecord {
     /// cgroup v2 path relative to the cgroup2 mount; null when the cgroup was gone before we looked.
     pub cgroup: Option<String>,
     pub cgroup_id: u64,
+    /// The systemd system manager's unit of `cgroup` (`app.service`, `session-3.scope`,
+    /// `user@1000.service`); null outside systemd's cgroup layout.
+    pub unit: Option<String>,
+    /// The unit of the user manager (`user@UID.service`) the process ran under, if any.
+    pub user_unit: Option<String>,
     /// `exit()` code; null when a signal killed the process.
     pub exit_code: Option<u8>,
     /// Terminating signal (`"SIGSEGV"`), or null.

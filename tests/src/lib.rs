@@ -233,6 +233,12 @@ pub fn assert_matches_wait(record: &Value, pid: u32, status: ExitStatus) {
         "{record}"
     );
     assert_eq!(record["cgroup"], own_cgroup2_path(), "{record}");
+    // The tests run outside any systemd unit (cgroup2 root or a plain directory).
+    assert_eq!(
+        (record["unit"].clone(), record["user_unit"].clone()),
+        (Value::Null, Value::Null),
+        "{record}"
+    );
 }
 
 /// This process's cgroup2 path (`0::/path` in /proc/self/cgroup).

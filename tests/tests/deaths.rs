@@ -332,3 +332,28 @@ fn cgroup_path_outlives_the_cgroup() {
         assert_eq!(record["cgroup"], format!("/{name}"), "{record}");
     }
 }
+
+#[test]
+fn unit_is_named_from_a_systemd_shaped_cgroup() {
+    let daemon = Daemon::start();
+    // The layout systemd gives a templated service in a slice; no systemd is involved here (the
+    // end-to-end tests with real systemd come with the recovery loop).
+    let slice = cgroup2_mount().join(format!("detector-test-{}.slice", std::process::id()));
+    let service = slice.join("app@7.service");
+    std::fs::create_dir_all(&service)
+        .unwrap_or_else(|e| panic!("mkdir {}: {e}", service.display()));
+    let procs = service.join("cgroup.procs");
+    let (pid, status) = run(Command::new("sh")
+        .args(["-c", "echo $$ > \"$1\" && exit 4", "sh"])
+        .arg(&procs));
+    let record = daemon.record_for(pid);
+    for dir in [&service, &slice] {
+        std::fs::remove_dir(dir).unwrap_or_else(|e| panic!("rmdir {}: {e}", dir.display()));
+    }
+    assert_eq!(status.code(), Some(4));
+    assert_eq!(
+        (record["unit"].clone(), record["user_unit"].clone()),
+        (json!("app@7.service"), Value::Null),
+        "{record}"
+    );
+}
