@@ -119,32 +119,24 @@ fn kernel_offsets(btf: &Btf, degraded: &mut Vec<String>) -> Result<Offsets, Prob
     Ok(o)
 }
 
-/// Offsets of `oom:mark_victim` record fields, when their sizes are the ones the probe reads.
+/// Offsets of `oom:mark_victim` record fields; each one missing only costs its figure.
 fn mark_victim_offsets(
     o: &mut Offsets,
     format: &HashMap<String, tracefs::Field>,
     degraded: &mut Vec<String>,
 ) {
-    let wanted: [(&str, u32, &mut u32); 6] = [
-        ("pid", 4, &mut o.mv_pid),
-        ("total_vm", 8, &mut o.mv_total_vm),
-        ("anon_rss", 8, &mut o.mv_anon_rss),
-        ("file_rss", 8, &mut o.mv_file_rss),
-        ("shmem_rss", 8, &mut o.mv_shmem_rss),
-        ("oom_score_adj", 2, &mut o.mv_oom_score_adj),
-    ];
-    for (name, size, slot) in wanted {
-        match format.get(name) {
-            Some(f) if f.size == size => *slot = f.offset,
-            Some(f) => degraded.push(format!(
-                "oom:mark_victim field `{name}` has size {}, expected {size}",
-                f.size
-            )),
-            None => degraded.push(format!(
-                "oom:mark_victim has no `{name}` field on this kernel"
-            )),
-        }
-    }
+    degraded.extend(tracefs::place_fields(
+        "oom:mark_victim",
+        format,
+        &mut [
+            ("pid", 4, &mut o.mv_pid),
+            ("total_vm", 8, &mut o.mv_total_vm),
+            ("anon_rss", 8, &mut o.mv_anon_rss),
+            ("file_rss", 8, &mut o.mv_file_rss),
+            ("shmem_rss", 8, &mut o.mv_shmem_rss),
+            ("oom_score_adj", 2, &mut o.mv_oom_score_adj),
+        ],
+    ));
 }
 
 fn rejected(program: &'static str, e: &ProgramError) -> ProbeError {
@@ -214,27 +206,24 @@ fn attach_oom(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
-/// Offsets of the `cgroup:cgroup_mkdir` record fields (`cgroup_rmdir` is the same event class).
+/// Offsets of the `cgroup:cgroup_mkdir` record fields (`cgroup_rmdir` is the same event class);
+/// the programs need all of them.
 fn cgroup_offsets(o: &mut Offsets, format: &HashMap<String, tracefs::Field>) -> Result<(), String> {
-    let wanted: [(&str, u32, &mut u32); 4] = [
-        ("root", 4, &mut o.cg_root),
-        ("level", 4, &mut o.cg_level),
-        ("id", 8, &mut o.cg_id),
-        ("path", 4, &mut o.cg_path),
-    ];
-    for (name, size, slot) in wanted {
-        match format.get(name) {
-            Some(f) if f.size == size => *slot = f.offset,
-            Some(f) => {
-                return Err(format!(
-                    "cgroup:cgroup_mkdir field `{name}` has size {}, expected {size}",
-                    f.size
-                ));
-            }
-            None => return Err(format!("cgroup:cgroup_mkdir has no `{name}` field")),
-        }
+    let problems = tracefs::place_fields(
+        "cgroup:cgroup_mkdir",
+        format,
+        &mut [
+            ("root", 4, &mut o.cg_root),
+            ("level", 4, &mut o.cg_level),
+            ("id", 8, &mut o.cg_id),
+            ("path", 4, &mut o.cg_path),
+        ],
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
     }
-    Ok(())
 }
 
 fn attach_cgroup(ebpf: &mut Ebpf) -> Result<(), ProbeError> {

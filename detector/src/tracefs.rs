@@ -71,6 +71,28 @@ pub fn format(
     Ok(parse_format(&text))
 }
 
+/// Sets each `(field, size, slot)` to the field's offset in `event`'s record when the field
+/// exists with that size (the size the kernel program reads); returns one line per field that
+/// does not, naming the problem.
+pub(crate) fn place_fields(
+    event: &str,
+    format: &HashMap<String, Field>,
+    wanted: &mut [(&str, u32, &mut u32)],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, size, slot) in wanted.iter_mut() {
+        match format.get(*name) {
+            Some(f) if f.size == *size => **slot = f.offset,
+            Some(f) => problems.push(format!(
+                "{event} field `{name}` has size {}, expected {size}",
+                f.size
+            )),
+            None => problems.push(format!("{event} has no `{name}` field on this kernel")),
+        }
+    }
+    problems
+}
+
 /// Parses the `field:TYPE NAME; offset:N; size:N; signed:N;` lines of a format file. Lines it
 /// does not understand are skipped: the caller checks for the fields it needs.
 #[must_use]
@@ -129,6 +151,30 @@ mod tests {
             assert_eq!(fields.get(name), Some(&Field { offset, size }), "{name}");
         }
         assert!(!fields.contains_key("anon_rss"));
+    }
+
+    #[test]
+    fn places_fields_and_names_problems() {
+        let fields = parse_format(MARK_VICTIM);
+        let (mut pid, mut vm, mut adj, mut rss) = (0, 0, 0, 0);
+        let problems = place_fields(
+            "oom:mark_victim",
+            &fields,
+            &mut [
+                ("pid", 4, &mut pid),
+                ("total_vm", 8, &mut vm),
+                ("oom_score_adj", 4, &mut adj),
+                ("anon_rss", 8, &mut rss),
+            ],
+        );
+        assert_eq!((pid, vm, adj, rss), (8, 16, 0, 0));
+        assert_eq!(
+            problems,
+            [
+                "oom:mark_victim field `oom_score_adj` has size 2, expected 4",
+                "oom:mark_victim has no `anon_rss` field on this kernel"
+            ]
+        );
     }
 
     #[test]
