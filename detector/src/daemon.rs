@@ -1,6 +1,9 @@
 //! `detector run`: probes → ring buffer → decode → correlate → enrich → sinks.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -16,7 +19,7 @@ use crate::{
     decode::{Event, decode},
     enrich::CgroupResolver,
     probes::{self, Probes},
-    sinks,
+    sinks, units,
 };
 
 /// While deaths keep coming, drain again after this pause instead of going back to sleep in the
@@ -41,6 +44,40 @@ pub struct Options {
     pub ringbuf_bytes: u32,
     /// Niceness to run at; see `detector run --help`.
     pub nice: i32,
+    /// Where the watched systemd instance's files are (`/`, `/host`, `/proc/PID/root`).
+    pub root: PathBuf,
+}
+
+/// The cgroup managed by the systemd instance whose files are at `root`: from the cgroup of its
+/// PID 1, which is PID 1 here for `/`, PID N for `/proc/N/root`, and `ROOT/proc/1` otherwise
+/// (a container with the host's / at /host, and its /proc).
+fn manager_root(root: &Path) -> anyhow::Result<String> {
+    let pid1 = if root == Path::new("/") {
+        PathBuf::from("/proc/1/cgroup")
+    } else if let Some(pid) = root
+        .strip_prefix("/proc")
+        .ok()
+        .and_then(|r| r.to_str())
+        .and_then(|r| r.strip_suffix("/root"))
+    {
+        PathBuf::from(format!("/proc/{pid}/cgroup"))
+    } else {
+        root.join("proc/1/cgroup")
+    };
+    let text = std::fs::read_to_string(&pid1).with_context(|| {
+        format!(
+            "--root {}: cannot read {} to find the systemd manager's cgroup",
+            root.display(),
+            pid1.display()
+        )
+    })?;
+    units::manager_root(&text).with_context(|| {
+        format!(
+            "--root {}: {} does not show a systemd manager (no cgroup2 `init.scope`)",
+            root.display(),
+            pid1.display()
+        )
+    })
 }
 
 /// Sets this process's niceness. Failing is not fatal: the records are the same, only later
@@ -135,6 +172,14 @@ fn report_counters(now: &[(u64, Vec<u64>); 4], before: &[(u64, Vec<u64>); 4]) {
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    let manager_root = match manager_root(&options.root) {
+        Ok(root) => root,
+        Err(e) => {
+            // Deaths are still worth reporting without unit names.
+            tracing::warn!("{e:#}; units are named as if systemd managed the whole cgroup tree");
+            "/".to_owned()
+        }
+    };
     let Probes { mut ebpf, hooks } = probes::load(options.ringbuf_bytes)?;
     set_nice(options.nice);
     for note in &hooks.degraded {
@@ -154,7 +199,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut pipeline = Pipeline {
-        cgroups: CgroupResolver::discover(),
+        cgroups: CgroupResolver::discover(manager_root.clone()),
         stdout: sinks::Stdout::default(),
         received: 0,
         undecodable: 0,
@@ -171,6 +216,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         exit = hooks.exit,
         oom = hooks.oom.unwrap_or("none"),
         cgroups = hooks.cgroups.unwrap_or("none"),
+        root = %options.root.display(),
+        manager_cgroup = manager_root,
         "detector ready: watching process deaths"
     );
     loop {

@@ -112,11 +112,14 @@ pub struct CgroupResolver {
     memory_v1: Option<Hierarchy>,
     /// cgroup2 paths by id, from the start-up scan and `cgroup_mkdir` records.
     known: HashMap<u64, Known>,
+    /// The cgroup the watched systemd manages (`/`, or `/payload` for an nspawn machine).
+    manager_root: String,
 }
 
 impl CgroupResolver {
-    /// Finds the cgroup2 mount and, on hybrid hosts, the v1 memory controller's.
-    pub fn discover() -> Self {
+    /// Finds the cgroup2 mount and, on hybrid hosts, the v1 memory controller's. Units are named
+    /// for the systemd manager that manages `manager_root`.
+    pub fn discover(manager_root: String) -> Self {
         let mounts = match procfs::process::Process::myself().and_then(|me| me.mountinfo()) {
             Ok(mounts) => mounts.0,
             Err(e) => {
@@ -146,6 +149,7 @@ impl CgroupResolver {
             unified,
             memory_v1,
             known: HashMap::new(),
+            manager_root,
         }
     }
 
@@ -223,7 +227,11 @@ impl CgroupResolver {
     /// Fills the record's cgroup path, its systemd units and its OOM memory cgroup path.
     pub fn enrich(&mut self, record: &mut ExitRecord) {
         record.cgroup = self.cgroup_path(record.cgroup_id);
-        if let Some(units) = record.cgroup.as_deref().and_then(crate::units::units) {
+        if let Some(units) = record
+            .cgroup
+            .as_deref()
+            .and_then(|p| crate::units::units(&self.manager_root, p))
+        {
             record.unit = Some(units.unit);
             record.user_unit = units.user_unit;
         }
@@ -248,6 +256,7 @@ mod tests {
             unified: None,
             memory_v1: None,
             known: HashMap::new(),
+            manager_root: "/".into(),
         };
         r.created(7, Some("/system.slice/app.service".into()));
         r.created(8, None);

@@ -22,6 +22,11 @@ enum Command {
         /// prompt when the host's CPUs are saturated, which is when processes tend to die.
         #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
         nice: i32,
+        /// Where the watched systemd instance's files are: `/` on a host, `/host` for a daemon
+        /// in a container with the host mounted there, `/proc/PID/root` for a systemd-nspawn
+        /// machine watched from its host. Units are named as that systemd names them.
+        #[arg(long, default_value = "/")]
+        root: std::path::PathBuf,
     },
 }
 
@@ -48,6 +53,7 @@ fn main() -> ExitCode {
         Command::Run {
             ringbuf_bytes,
             nice,
+            root,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
                 rt.block_on(detector::daemon::run(detector::daemon::Options {
                     ringbuf_bytes,
                     nice,
+                    root,
                 }))
             }),
     };

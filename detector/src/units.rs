@@ -57,10 +57,36 @@ fn owner<'a>(components: &[&'a str]) -> Option<(&'a str, usize)> {
     slice
 }
 
-/// The units of a cgroup2 path relative to the hierarchy root (`/system.slice/app.service`).
-/// None for the root cgroup and for paths outside systemd's layout.
+/// The cgroup a systemd manager manages, from the cgroup of its PID 1: PID 1 sits in
+/// `init.scope` right below it. `0::/init.scope` → `/` on a host; `0::/payload/init.scope` →
+/// `/payload` for a systemd-nspawn machine seen from the host.
 #[must_use]
-pub fn units(path: &str) -> Option<Units> {
+pub fn manager_root(proc_pid_cgroup: &str) -> Option<String> {
+    let path = proc_pid_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))?;
+    let parent = path.trim_end_matches('/').strip_suffix("/init.scope")?;
+    Some(if parent.is_empty() {
+        "/".to_owned()
+    } else {
+        parent.to_owned()
+    })
+}
+
+/// The units of a cgroup2 path (relative to the hierarchy root) under the manager that manages
+/// `root` (see [`manager_root`]). None for the manager's root cgroup, for paths outside its
+/// tree, and for paths outside systemd's layout.
+#[must_use]
+pub fn units(root: &str, path: &str) -> Option<Units> {
+    let path = if root == "/" {
+        path
+    } else {
+        let rest = path.strip_prefix(root.trim_end_matches('/'))?;
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return None;
+        }
+        rest
+    };
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
     let (unit, below) = owner(&components)?;
     let user_unit = unit
@@ -81,6 +107,34 @@ mod tests {
 
     /// (cgroup path, expected (unit, user unit)).
     type Case = (&'static str, Option<(&'static str, Option<&'static str>)>);
+
+    #[test]
+    fn manager_roots() {
+        for (cgroup, want) in [
+            ("0::/init.scope\n", Some("/")),
+            ("4:memory:/x\n0::/payload/init.scope\n", Some("/payload")),
+            ("0::/system.slice/app.service\n", None),
+            ("1:name=systemd:/init.scope\n", None),
+        ] {
+            assert_eq!(manager_root(cgroup).as_deref(), want, "{cgroup:?}");
+        }
+    }
+
+    #[test]
+    fn units_of_a_machine_seen_from_the_host() {
+        let got = |path| units("/payload", path).map(|u| u.unit);
+        assert_eq!(
+            got("/payload/system.slice/demo.service").as_deref(),
+            Some("demo.service")
+        );
+        assert_eq!(got("/payload"), None);
+        assert_eq!(got("/payloadx/system.slice/demo.service"), None);
+        assert_eq!(
+            got("/system.slice/demo.service"),
+            None,
+            "the host's own units are not the machine's"
+        );
+    }
 
     #[test]
     fn systemd_layouts() {
@@ -124,7 +178,7 @@ mod tests {
             ("/system.slice/app@.service", None),
         ];
         for (path, want) in cases {
-            let got = units(path);
+            let got = units("/", path);
             let got = got
                 .as_ref()
                 .map(|u| (u.unit.as_str(), u.user_unit.as_deref()));

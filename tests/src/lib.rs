@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod machine;
+
 /// How long a test waits for a record or for the daemon to be ready before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -143,6 +145,16 @@ impl Daemon {
             s.records.iter().any(|r| r["pid"] == pid)
         });
         self.records_for(pid).remove(0)
+    }
+
+    /// Waits for the first record matching `pred` and returns it.
+    ///
+    /// # Panics
+    /// If none comes in time.
+    #[must_use]
+    pub fn record_where(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_until(what, |s| s.records.iter().any(&pred));
+        self.with(|s| s.records.iter().find(|r| pred(r)).cloned().expect("seen"))
     }
 
     /// Waits until `n` records matching `pred` were seen.

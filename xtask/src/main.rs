@@ -146,6 +146,7 @@ fn test(args: &[String]) -> Result<()> {
     cmd.env("DETECTOR_BIN", &daemon);
     setup::test_packages()?;
     cmd.env("DETECTOR_KERNEL_6_1", setup::kernel_6_1()?);
+    cmd.env("DETECTOR_MACHINE_ROOT", setup::machine_root()?);
     run(&mut cmd)
 }
 

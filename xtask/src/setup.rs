@@ -101,9 +101,11 @@ fn nightly_llvm(lib: &Path) -> Result<(PathBuf, u32)> {
     )
 }
 
-/// Debian packages the root tests use: qemu and busybox boot the second kernel, cpio packs its
-/// initramfs.
-const TEST_PACKAGES: [(&str, &str); 3] = [
+/// Debian packages the root tests use: debootstrap and systemd-nspawn make and boot the machine
+/// with real systemd; qemu and busybox boot the second kernel, cpio packs its initramfs.
+const TEST_PACKAGES: [(&str, &str); 5] = [
+    ("debootstrap", "/usr/sbin/debootstrap"),
+    ("systemd-container", "/usr/bin/systemd-nspawn"),
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
@@ -186,6 +188,36 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
             p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1."))
         })
+}
+
+/// A Debian bookworm root with systemd, D-Bus and python3 for the end-to-end tests, made once
+/// with debootstrap (about 40 s) and kept in `~/.cache/detector`; tests boot it with
+/// systemd-nspawn `--volatile=overlay`, so they never change it.
+pub fn machine_root() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    let root = Path::new(&home).join(".cache/detector/bookworm");
+    let done = root.join(".detector-complete");
+    if done.exists() {
+        return Ok(root);
+    }
+    let partial = root.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let _ = std::fs::remove_dir_all(&root);
+    eprintln!(
+        "xtask: debootstrapping a Debian bookworm machine with systemd into {} (about a minute)",
+        root.display()
+    );
+    run(Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=systemd,systemd-sysv,dbus,python3",
+            "bookworm",
+        ])
+        .arg(&partial))?;
+    std::fs::rename(&partial, &root)
+        .with_context(|| format!("moving {} into place", partial.display()))?;
+    std::fs::write(&done, b"").with_context(|| format!("writing {}", done.display()))?;
+    Ok(root)
 }
 
 /// Host state the daemon and the root tests need: tracefs mounted.
