@@ -113,6 +113,7 @@ pub fn correlate(event: &DeathEvent) -> ExitRecord {
         cgroup_id: *cgroup_id,
         unit: None,
         user_unit: None,
+        invocation_id: None,
         exit_code,
         signal: signal.map(signals::name),
         core_dumped,

@@ -224,6 +224,37 @@ impl CgroupResolver {
         self.unified.as_mut()?.path(id)
     }
 
+    /// The invocation id systemd keeps on a unit's cgroup (`trusted.invocation_id`, set when the
+    /// unit starts; `user.invocation_id` for user managers without the privilege). The death is
+    /// ~100 µs old when we ask, and systemd removes the cgroup only after it has reaped the
+    /// process, so the directory is nearly always still there; when it is not, the id is null.
+    fn invocation_id(&self, cgroup: &str) -> Option<String> {
+        let dir = self
+            .unified
+            .as_ref()?
+            .mount_point
+            .join(cgroup.trim_start_matches('/'));
+        let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        ["trusted.invocation_id", "user.invocation_id"]
+            .into_iter()
+            .find_map(|name| {
+                let name = std::ffi::CString::new(name).ok()?;
+                let mut buf = [0u8; 64];
+                // SAFETY: both paths are NUL-terminated and `buf` is writable for its full length;
+                // getxattr writes at most that many bytes and returns how many.
+                let n = unsafe {
+                    libc::getxattr(
+                        dir.as_ptr(),
+                        name.as_ptr(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    )
+                };
+                let id = std::str::from_utf8(buf.get(..usize::try_from(n).ok()?)?).ok()?;
+                (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+            })
+    }
+
     /// Fills the record's cgroup path, its systemd units and its OOM memory cgroup path.
     pub fn enrich(&mut self, record: &mut ExitRecord) {
         record.cgroup = self.cgroup_path(record.cgroup_id);
@@ -232,6 +263,10 @@ impl CgroupResolver {
             .as_deref()
             .and_then(|p| crate::units::units(&self.manager_root, p))
         {
+            record.invocation_id = record
+                .cgroup
+                .as_deref()
+                .and_then(|c| self.invocation_id(&unit_cgroup(c, &units)));
             record.unit = Some(units.unit);
             record.user_unit = units.user_unit;
         }
@@ -243,6 +278,16 @@ impl CgroupResolver {
                 oom.memcg = Some(path);
             }
         }
+    }
+}
+
+/// The cgroup of the innermost unit in `cgroup` (a process may sit in a sub-cgroup a service
+/// delegated, and the invocation id is kept on the unit's own cgroup).
+fn unit_cgroup(cgroup: &str, units: &crate::units::Units) -> String {
+    let unit = units.user_unit.as_deref().unwrap_or(&units.unit);
+    match cgroup.find(&format!("/{unit}")) {
+        Some(at) => cgroup[..at + 1 + unit.len()].to_owned(),
+        None => cgroup.to_owned(),
     }
 }
 
@@ -279,6 +324,34 @@ mod tests {
         );
         r.sweep(now + REMOVED_GRACE + Duration::from_secs(1));
         assert_eq!(r.cgroup_path(7), None, "forgotten after it");
+    }
+
+    #[test]
+    fn unit_cgroups() {
+        let units = |unit: &str, user: Option<&str>| crate::units::Units {
+            unit: unit.into(),
+            user_unit: user.map(Into::into),
+        };
+        let cases = [
+            (
+                "/system.slice/app.service",
+                units("app.service", None),
+                "/system.slice/app.service",
+            ),
+            (
+                "/system.slice/app.service/worker",
+                units("app.service", None),
+                "/system.slice/app.service",
+            ),
+            (
+                "/user.slice/user-1.slice/user@1.service/app.slice/x.service/y",
+                units("user@1.service", Some("x.service")),
+                "/user.slice/user-1.slice/user@1.service/app.slice/x.service",
+            ),
+        ];
+        for (cgroup, units, want) in cases {
+            assert_eq!(unit_cgroup(cgroup, &units), want, "{cgroup}");
+        }
     }
 
     #[test]

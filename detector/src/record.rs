@@ -21,6 +21,8 @@ pub struct ExitRecord {
     pub unit: Option<String>,
     /// The unit of the user manager (`user@UID.service`) the process ran under, if any.
     pub user_unit: Option<String>,
+    /// The unit's invocation id (which run of the unit this was), where systemd has one.
+    pub invocation_id: Option<String>,
     /// `exit()` code; null when a signal killed the process.
     pub exit_code: Option<u8>,
     /// Terminating signal (`"SIGSEGV"`), or null.

@@ -43,5 +43,20 @@ fn deaths_in_units_are_named_with_their_unit() {
             "{record}"
         );
         assert_eq!(record["user_unit"], serde_json::Value::Null, "{record}");
+        let invocation = record["invocation_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no invocation_id: {record}"));
+        let shown = machine.run(&[
+            "systemctl",
+            "show",
+            "--value",
+            "--property=InvocationID",
+            unit,
+        ]);
+        assert_eq!(
+            invocation,
+            String::from_utf8_lossy(&shown.stdout).trim(),
+            "systemd's own id for {unit}"
+        );
     }
 }
