@@ -32,6 +32,12 @@ impl Clock {
         }
     }
 
+    /// Wall-clock µs since the epoch (as the journal stamps entries) for a kernel timestamp.
+    #[must_use]
+    pub fn realtime_us(self, ktime_ns: u64) -> u64 {
+        u64::try_from((i128::from(ktime_ns) + self.realtime_minus_monotonic) / 1000).unwrap_or(0)
+    }
+
     /// RFC 3339 UTC with microseconds, for a kernel timestamp.
     #[must_use]
     pub fn rfc3339(self, ktime_ns: u64) -> String {

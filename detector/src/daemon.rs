@@ -18,7 +18,9 @@ use crate::{
     correlate::correlate,
     decode::{Event, decode},
     enrich::CgroupResolver,
+    journal,
     probes::{self, Probes},
+    record::ExitRecord,
     sinks, units,
 };
 
@@ -46,7 +48,13 @@ pub struct Options {
     pub nice: i32,
     /// Where the watched systemd instance's files are (`/`, `/host`, `/proc/PID/root`).
     pub root: PathBuf,
+    /// How many journal lines an incident carries.
+    pub journal_lines: usize,
 }
+
+/// How long the journal thread waits for PID 1's account of a death before deciding it was not
+/// the unit's main process.
+const JOURNAL_WAIT: Duration = Duration::from_secs(2);
 
 /// The cgroup managed by the systemd instance whose files are at `root`: from the cgroup of its
 /// PID 1, which is PID 1 here for `/`, PID N for `/proc/N/root`, and `ROOT/proc/1` otherwise
@@ -92,6 +100,8 @@ fn set_nice(nice: i32) {
 
 /// Everything after the ring buffer.
 struct Pipeline {
+    /// Deaths in units, to the journal thread, which turns unit failures into incidents.
+    journal: std::sync::mpsc::Sender<ExitRecord>,
     cgroups: CgroupResolver,
     stdout: sinks::Stdout,
     received: u64,
@@ -125,6 +135,18 @@ impl Pipeline {
                     record.latency_us =
                         clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
                     self.stdout.push(&record);
+                    if record
+                        .unit
+                        .as_deref()
+                        .is_some_and(|u| u.ends_with(".service"))
+                        || record
+                            .user_unit
+                            .as_deref()
+                            .is_some_and(|u| u.ends_with(".service"))
+                    {
+                        // The journal thread only ends with the daemon.
+                        let _ = self.journal.send(record);
+                    }
                     pending += 1;
                     if pending == FLUSH_EVERY {
                         self.stdout.flush();
@@ -198,7 +220,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // owns the `RingBuf`) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    let (incidents_tx, mut incidents) = tokio::sync::mpsc::unbounded_channel();
+    let journal = journal::spawn(
+        journal::Options {
+            root: options.root.clone(),
+            lines: options.journal_lines,
+            wait: JOURNAL_WAIT,
+        },
+        incidents_tx,
+    );
     let mut pipeline = Pipeline {
+        journal,
         cgroups: CgroupResolver::discover(manager_root.clone()),
         stdout: sinks::Stdout::default(),
         received: 0,
@@ -232,6 +264,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 report_counters(&now, &previous);
                 previous = now;
                 pipeline.cgroups.sweep(std::time::Instant::now());
+            }
+            Some(incident) = incidents.recv() => {
+                pipeline.stdout.push(&incident);
+                pipeline.stdout.flush();
             }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,

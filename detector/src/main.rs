@@ -27,6 +27,9 @@ enum Command {
         /// machine watched from its host. Units are named as that systemd names them.
         #[arg(long, default_value = "/")]
         root: std::path::PathBuf,
+        /// How many of a failed run's last journal lines an incident carries.
+        #[arg(long, default_value_t = 30)]
+        journal_lines: usize,
     },
 }
 
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
             ringbuf_bytes,
             nice,
             root,
+            journal_lines,
         } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
                     ringbuf_bytes,
                     nice,
                     root,
+                    journal_lines,
                 }))
             }),
     };

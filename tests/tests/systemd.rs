@@ -8,7 +8,8 @@ use tests::{Daemon, machine::Machine};
 fn deaths_in_units_are_named_with_their_unit() {
     let exits = |code: u8| {
         format!(
-            "[Service]\nExecStart=/usr/bin/python3 -c \"import sys; print('starting', flush=True); sys.exit({code})\"\n"
+            "[Service]\nExecStart=/usr/bin/python3 -c \"import sys; print('starting', flush=True); \
+             print('fatal: cannot go on', file=sys.stderr); sys.exit({code})\"\n"
         )
     };
     let machine = Machine::boot(&[
@@ -23,7 +24,9 @@ fn deaths_in_units_are_named_with_their_unit() {
         ("demo@2.service", "demo@2.service", 5),
     ] {
         machine.systemctl(&["start", "--no-block", start]);
-        let record = daemon.record_where(&format!("a death in {unit}"), |r| r["unit"] == unit);
+        let record = daemon.record_where(&format!("a death in {unit}"), |r| {
+            r["kind"] == "exit" && r["unit"] == unit
+        });
         assert_eq!(
             (record["exit_code"].clone(), record["comm"].clone()),
             (json!(code), json!("python3")),
@@ -58,5 +61,72 @@ fn deaths_in_units_are_named_with_their_unit() {
             String::from_utf8_lossy(&shown.stdout).trim(),
             "systemd's own id for {unit}"
         );
+
+        // The incident: the cause, and the failed run's own lines from the journal, including
+        // what the process wrote just before it died and PID 1's account of the death.
+        let incident = daemon.record_where(&format!("the incident for {unit}"), |r| {
+            r["kind"] == "incident" && r["unit"] == unit
+        });
+        assert_eq!(
+            (incident["pid"].clone(), incident["invocation_id"].clone()),
+            (record["pid"].clone(), json!(invocation)),
+            "{incident}"
+        );
+        assert_eq!(
+            (incident["cause"].clone(), incident["detail"].clone()),
+            (
+                json!("exit_code"),
+                json!(format!("exited with status {code}"))
+            ),
+            "{incident}"
+        );
+        let journal: Vec<&str> = incident["journal"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no journal: {incident}"))
+            .iter()
+            .filter_map(|l| l.as_str())
+            .collect();
+        let exited = format!("{unit}: Main process exited, code=exited, status={code}/");
+        for wanted in ["starting", "fatal: cannot go on", &exited] {
+            assert!(
+                journal.iter().any(|l| l.contains(wanted)),
+                "journal lacks {wanted:?}: {journal:?}"
+            );
+        }
+        assert_eq!(
+            incident["timeline"][0],
+            json!({"at": record["time"], "step": "detected"}),
+            "{incident}"
+        );
     }
+}
+
+#[test]
+fn a_worker_death_is_not_a_unit_failure() {
+    // The worker exits 4; half a second later, well within the time the daemon waits for PID 1's
+    // account, the main process exits 6. Only the latter failed the unit.
+    let unit = "[Service]\nExecStart=/bin/sh -c \"sh -c 'exit 4'; sleep 0.5; exit 6\"\n";
+    let machine = Machine::boot(&[("demo-worker.service", unit)]);
+    let daemon = Daemon::start_with(&["--root", &machine.root()]);
+    machine.systemctl(&["start", "--no-block", "demo-worker.service"]);
+    let worker = daemon.record_where("the worker's death", |r| {
+        r["kind"] == "exit" && r["unit"] == "demo-worker.service" && r["exit_code"] == 4
+    });
+    let main = daemon.record_where("the main process's death", |r| {
+        r["kind"] == "exit" && r["unit"] == "demo-worker.service" && r["exit_code"] == 6
+    });
+    let incident = daemon.record_where("the incident", |r| r["kind"] == "incident");
+    assert_eq!(
+        (incident["pid"].clone(), incident["detail"].clone()),
+        (main["pid"].clone(), json!("exited with status 6")),
+        "{incident}"
+    );
+    let (records, _) = daemon.stop();
+    let incidents: Vec<_> = records.iter().filter(|r| r["kind"] == "incident").collect();
+    assert_eq!(
+        incidents.len(),
+        1,
+        "the worker {} is not an incident: {incidents:?}",
+        worker["pid"]
+    );
 }

@@ -79,6 +79,7 @@ fn cargo() -> Command {
 /// Builds the release daemon and returns its path.
 fn build_daemon() -> Result<PathBuf> {
     setup::bpf_toolchain()?;
+    setup::build_packages()?;
     run(cargo().args(["build", "--release", "--package", "detector"]))?;
     Ok(root().join("target/release/detector"))
 }
@@ -95,6 +96,7 @@ fn require_root(what: &str) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     setup::bpf_toolchain()?;
+    setup::build_packages()?;
     run(Command::new("rustup").args(["run", "nightly", "cargo", "fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -101,6 +101,38 @@ fn nightly_llvm(lib: &Path) -> Result<(PathBuf, u32)> {
     )
 }
 
+/// Debian packages the daemon builds against: libsystemd (sd-journal) and pkg-config to find it.
+const BUILD_PACKAGES: [(&str, &str); 2] = [
+    ("libsystemd-dev", "/usr/include/systemd/sd-journal.h"),
+    ("pkg-config", "/usr/bin/pkg-config"),
+];
+
+/// Installs the Debian packages in `packages` whose file is missing.
+fn apt_install(what: &str, packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing Debian packages {what}: {}",
+        missing.join(" ")
+    );
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Debian packages the daemon needs to build.
+pub fn build_packages() -> Result<()> {
+    apt_install("to build the daemon", &BUILD_PACKAGES)
+}
+
 /// Debian packages the root tests use: debootstrap and systemd-nspawn make and boot the machine
 /// with real systemd; qemu and busybox boot the second kernel, cpio packs its initramfs.
 const TEST_PACKAGES: [(&str, &str); 5] = [
@@ -113,23 +145,7 @@ const TEST_PACKAGES: [(&str, &str); 5] = [
 
 /// Installs the Debian packages the tests need, if any is missing.
 pub fn test_packages() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .iter()
-        .filter(|(_, file)| !Path::new(file).exists())
-        .map(|(package, _)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!(
-        "xtask: installing Debian packages for the tests: {}",
-        missing.join(" ")
-    );
-    run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    apt_install("for the tests", &TEST_PACKAGES)
 }
 
 /// Debian's newest 6.1 cloud kernel, downloaded and unpacked once under `target/kernels`;

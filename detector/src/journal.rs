@@ -1,0 +1,237 @@
+//! A failed run's journal lines, read with sd-journal (libsystemd) from the journal of the systemd
+//! instance at `--root` (its /var/log/journal and /run/log/journal).
+//!
+//! The dying process's last lines reach journald after its death, through its stdout stream. So
+//! for each death in a service we wait, within a bound, for PID 1's own account of it: "Main
+//! process exited" (`MESSAGE_ID=98e322203f7a4ed290d09fe03c09fe15`, with `UNIT=` and
+//! `INVOCATION_ID=`), logged after PID 1 reaped the process. It tells three things at once: the
+//! death failed the unit (it was the main process, not a worker), which run of the unit it was,
+//! and that the process's own output is in. Then we take that run's last lines, as
+//! `journalctl -u UNIT _SYSTEMD_INVOCATION_ID=...` would show them.
+//!
+//! sd-journal handles are not thread-safe, and waiting must not hold up the ring buffer, so all
+//! of this runs on one thread of its own ([`spawn`]).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use detector_common::wait::WaitStatus;
+use systemd::journal::{Journal, OpenDirectoryOptions};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::{clock::Clock, incident::Incident, record::ExitRecord};
+
+/// `SD_MESSAGE_UNIT_PROCESS_EXIT`: "Main process exited" (systemd's src/systemd/sd-messages.h).
+const PROCESS_EXIT: &str = "98e322203f7a4ed290d09fe03c09fe15";
+/// After PID 1's message, a moment for journald to finish the dead process's stdout stream.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// What the journal says about one death.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Collected {
+    /// PID 1 logged that this was the unit's main process.
+    pub main_process: bool,
+    pub invocation_id: Option<String>,
+    /// The run's last lines, oldest first.
+    pub lines: Vec<String>,
+}
+
+/// How the journal thread works.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub root: PathBuf,
+    /// How many lines an incident carries.
+    pub lines: usize,
+    /// How long to wait for PID 1's account of a death.
+    pub wait: Duration,
+}
+
+fn open(root: &Path) -> Result<Journal, String> {
+    OpenDirectoryOptions::default()
+        .os_root(true)
+        .open_directory(root.as_os_str().as_encoded_bytes())
+        .map_err(|e| format!("cannot open the journal under {}: {e}", root.display()))
+}
+
+fn field(j: &mut Journal, name: &str) -> Option<String> {
+    j.get_data(name)
+        .ok()
+        .flatten()
+        .and_then(|f| f.value().map(|v| String::from_utf8_lossy(v).into_owned()))
+}
+
+/// How PID 1 words a wait status in the exit message: `EXIT_CODE=exited|killed|dumped` and
+/// `EXIT_STATUS=` the code or the signal number (systemd's `sigchld_code_to_string()`).
+fn exit_fields(wait_status: u32) -> (&'static str, String) {
+    match WaitStatus::from_raw(wait_status) {
+        WaitStatus::Exited { code } => ("exited", code.to_string()),
+        WaitStatus::Signaled {
+            signal,
+            core_dumped,
+        } => (
+            if core_dumped { "dumped" } else { "killed" },
+            signal.to_string(),
+        ),
+    }
+}
+
+/// Waits for PID 1's "Main process exited" for `unit`, with this death's status, at or after
+/// `died_us` (realtime µs); returns its `INVOCATION_ID` when it comes. The message names no pid:
+/// the status is what tells the main process's death from a worker's just before it.
+fn await_exit(
+    j: &mut Journal,
+    unit: &str,
+    wait_status: u32,
+    died_us: u64,
+    deadline: Instant,
+) -> Result<Option<String>, systemd::Error> {
+    let (code, status) = exit_fields(wait_status);
+    loop {
+        j.match_flush()?;
+        j.match_add("MESSAGE_ID", PROCESS_EXIT)?;
+        j.match_add("UNIT", unit)?;
+        j.match_add("_PID", "1")?;
+        j.match_add("EXIT_CODE", code)?;
+        j.match_add("EXIT_STATUS", status.as_str())?;
+        j.seek_tail()?;
+        // The newest such message; entries are stamped by journald, so allow the two clocks a
+        // second of disagreement.
+        if j.previous()? > 0 && j.timestamp_usec()? + 1_000_000 >= died_us {
+            // The "Main process" wording tells it from a control process (ExecStartPre=, ...).
+            if field(j, "MESSAGE").is_some_and(|m| m.contains("Main process exited")) {
+                // Some("") when PID 1 gave no id: the death is confirmed all the same.
+                return Ok(Some(field(j, "INVOCATION_ID").unwrap_or_default()));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        j.wait(Some(left.min(Duration::from_millis(100))))?;
+    }
+}
+
+/// The last `n` lines of `unit`'s run `invocation` (its processes' output and PID 1's messages
+/// about it), oldest first; without an invocation, the unit's last lines.
+fn lines(
+    j: &mut Journal,
+    unit: &str,
+    invocation: Option<&str>,
+    n: usize,
+) -> Result<Vec<String>, systemd::Error> {
+    j.match_flush()?;
+    j.match_add("_SYSTEMD_UNIT", unit)?;
+    if let Some(id) = invocation {
+        j.match_add("_SYSTEMD_INVOCATION_ID", id)?;
+    }
+    j.match_or()?;
+    j.match_add("UNIT", unit)?;
+    if let Some(id) = invocation {
+        j.match_add("INVOCATION_ID", id)?;
+    }
+    j.seek_tail()?;
+    let mut out = Vec::new();
+    while out.len() < n && j.previous()? > 0 {
+        if let Some(line) = field(j, "MESSAGE") {
+            out.push(line);
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Collects what the journal says about `record`'s death in `unit`.
+fn collect(
+    j: &mut Journal,
+    unit: &str,
+    record: &ExitRecord,
+    clock: Clock,
+    options: &Options,
+) -> Result<Collected, systemd::Error> {
+    let died_us = clock.realtime_us(record.ktime_ns);
+    let exit = await_exit(
+        j,
+        unit,
+        record.wait_status,
+        died_us,
+        Instant::now() + options.wait,
+    )?;
+    let main_process = exit.is_some();
+    let invocation_id = exit
+        .filter(|id| !id.is_empty())
+        .or_else(|| record.invocation_id.clone());
+    if main_process {
+        thread::sleep(SETTLE);
+    }
+    let lines = lines(j, unit, invocation_id.as_deref(), options.lines)?;
+    Ok(Collected {
+        main_process,
+        invocation_id,
+        lines,
+    })
+}
+
+/// Starts the journal thread. Deaths in units go in on the returned sender; an incident comes out
+/// on `incidents` for each one that failed its unit. A journal that cannot be opened or read is
+/// logged, and the incident then goes out without lines (and for every death in a service, since
+/// we cannot tell the main process).
+#[must_use]
+pub fn spawn(options: Options, incidents: UnboundedSender<Incident>) -> mpsc::Sender<ExitRecord> {
+    let (tx, rx) = mpsc::channel::<ExitRecord>();
+    let spawned = thread::Builder::new().name("journal".into()).spawn(move || {
+        let mut journal: Option<Journal> = None;
+        let mut last_error = String::new();
+        for record in rx {
+            let Some(unit) = record.user_unit.clone().or_else(|| record.unit.clone()) else { continue };
+            if journal.is_none() {
+                match open(&options.root) {
+                    Ok(j) => journal = Some(j),
+                    Err(e) if e != last_error => {
+                        tracing::warn!("{e}; incidents go out without journal lines");
+                        last_error = e;
+                    }
+                    Err(_) => {}
+                }
+            }
+            let collected = match journal.as_mut().map(|j| collect(j, &unit, &record, Clock::now(), &options)) {
+                Some(Ok(collected)) => collected,
+                Some(Err(e)) => {
+                    tracing::warn!(unit, error = %e, "reading the journal failed; reopening it for the next death");
+                    journal = None;
+                    Collected { main_process: true, invocation_id: record.invocation_id.clone(), lines: Vec::new() }
+                }
+                None => Collected { main_process: true, invocation_id: record.invocation_id.clone(), lines: Vec::new() },
+            };
+            if !collected.main_process {
+                tracing::debug!(unit, pid = record.pid, "not the unit's main process: no incident");
+                continue;
+            }
+            if incidents.send(Incident::from_death(&unit, &record, collected)).is_err() {
+                return;
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the journal thread; no incidents will be written");
+    }
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exit_fields_as_pid1_writes_them() {
+        for (status, want) in [
+            (3 << 8, ("exited", "3")),
+            (9, ("killed", "9")),
+            (0x80 | 0xb, ("dumped", "11")),
+        ] {
+            let (code, n) = super::exit_fields(status);
+            assert_eq!((code, n.as_str()), want, "{status:#x}");
+        }
+    }
+}
