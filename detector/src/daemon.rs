@@ -48,8 +48,10 @@ pub struct Options {
     pub nice: i32,
     /// Where the watched systemd instance's files are (`/`, `/host`, `/proc/PID/root`).
     pub root: PathBuf,
-    /// How many journal lines an incident carries.
+    /// How many journal lines an incident carries (unless a unit's policy says).
     pub journal_lines: usize,
+    /// Unit policies and cause rules.
+    pub config: crate::config::Config,
 }
 
 /// How long the journal thread waits for PID 1's account of a death before deciding it was not
@@ -86,6 +88,18 @@ fn manager_root(root: &Path) -> anyhow::Result<String> {
             pid1.display()
         )
     })
+}
+
+/// The daemon keeps a directory open per live unit cgroup (see `enrich`): lift the soft limit
+/// on open files to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+    }
 }
 
 /// Sets this process's niceness. Failing is not fatal: the records are the same, only later
@@ -202,6 +216,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             "/".to_owned()
         }
     };
+    raise_fd_limit();
     let Probes { mut ebpf, hooks } = probes::load(options.ringbuf_bytes)?;
     set_nice(options.nice);
     for note in &hooks.degraded {
@@ -226,6 +241,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             root: options.root.clone(),
             lines: options.journal_lines,
             wait: JOURNAL_WAIT,
+            config: std::sync::Arc::new(options.config.clone()),
         },
         incidents_tx,
     );

@@ -103,6 +103,10 @@ fn relative(mount_point: &Path, target: &Path) -> Option<String> {
 struct Known {
     path: String,
     removed: Option<Instant>,
+    /// For a unit's own cgroup (`*.service`, `*.scope`): its directory, opened when learned. The
+    /// unit's invocation id is read through it at a death, even when systemd has removed the
+    /// cgroup by then: kernfs still serves the xattrs of a removed directory to an open fd.
+    dir: Option<File>,
 }
 
 /// Resolves the cgroup ids in records: the task's cgroup2 id, and the memory cgroup of an OOM.
@@ -192,11 +196,18 @@ impl CgroupResolver {
     }
 
     fn learn(&mut self, id: u64, path: String) {
+        let is_unit = [".service", ".scope"].iter().any(|s| path.ends_with(s));
+        let dir = self
+            .unified
+            .as_ref()
+            .filter(|_| is_unit)
+            .and_then(|h| File::open(h.mount_point.join(path.trim_start_matches('/'))).ok());
         self.known.insert(
             id,
             Known {
                 path,
                 removed: None,
+                dir,
             },
         );
     }
@@ -224,31 +235,52 @@ impl CgroupResolver {
         self.unified.as_mut()?.path(id)
     }
 
-    /// The invocation id systemd keeps on a unit's cgroup (`trusted.invocation_id`, set when the
-    /// unit starts; `user.invocation_id` for user managers without the privilege). The death is
-    /// ~100 µs old when we ask, and systemd removes the cgroup only after it has reaped the
-    /// process, so the directory is nearly always still there; when it is not, the id is null.
+    /// The invocation id systemd keeps on a unit's cgroup (`trusted.invocation_id`, set before
+    /// the unit's first process runs; `user.invocation_id` from user managers without the
+    /// privilege). Read through the directory opened when the cgroup was learned, so a cgroup
+    /// systemd removed right after the death still answers; by path for one we did not see.
     fn invocation_id(&self, cgroup: &str) -> Option<String> {
-        let dir = self
-            .unified
-            .as_ref()?
-            .mount_point
-            .join(cgroup.trim_start_matches('/'));
-        let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+        let opened = self
+            .known
+            .values()
+            .find(|k| k.path == cgroup)
+            .and_then(|k| k.dir.as_ref());
+        let path = if opened.is_some() {
+            None
+        } else {
+            let dir = self
+                .unified
+                .as_ref()?
+                .mount_point
+                .join(cgroup.trim_start_matches('/'));
+            Some(std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?)
+        };
         ["trusted.invocation_id", "user.invocation_id"]
             .into_iter()
             .find_map(|name| {
                 let name = std::ffi::CString::new(name).ok()?;
                 let mut buf = [0u8; 64];
-                // SAFETY: both paths are NUL-terminated and `buf` is writable for its full length;
-                // getxattr writes at most that many bytes and returns how many.
-                let n = unsafe {
-                    libc::getxattr(
-                        dir.as_ptr(),
-                        name.as_ptr(),
-                        buf.as_mut_ptr().cast(),
-                        buf.len(),
-                    )
+                let n = match (opened, &path) {
+                    // SAFETY: an open fd, a NUL-terminated name, and a buffer writable for its full
+                    // length; fgetxattr writes at most that many bytes and returns how many.
+                    (Some(dir), _) => unsafe {
+                        libc::fgetxattr(
+                            dir.as_raw_fd(),
+                            name.as_ptr(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                        )
+                    },
+                    // SAFETY: as above, with a NUL-terminated path instead of an fd.
+                    (None, Some(path)) => unsafe {
+                        libc::getxattr(
+                            path.as_ptr(),
+                            name.as_ptr(),
+                            buf.as_mut_ptr().cast(),
+                            buf.len(),
+                        )
+                    },
+                    (None, None) => return None,
                 };
                 let id = std::str::from_utf8(buf.get(..usize::try_from(n).ok()?)?).ok()?;
                 (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())

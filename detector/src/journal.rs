@@ -14,7 +14,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{Arc, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -23,10 +23,22 @@ use detector_common::wait::WaitStatus;
 use systemd::journal::{Journal, OpenDirectoryOptions};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::{clock::Clock, incident::Incident, record::ExitRecord};
+use crate::{
+    causes::{self, Rule},
+    clock::Clock,
+    config::Config,
+    incident::Incident,
+    record::ExitRecord,
+};
+
+/// A death sooner than this after its unit started is a startup failure, unless the unit's
+/// policy says otherwise.
+const STARTUP_GRACE: Duration = Duration::from_secs(10);
 
 /// `SD_MESSAGE_UNIT_PROCESS_EXIT`: "Main process exited" (systemd's src/systemd/sd-messages.h).
 const PROCESS_EXIT: &str = "98e322203f7a4ed290d09fe03c09fe15";
+/// `SD_MESSAGE_UNIT_STARTED`: "Started UNIT", logged when the run began.
+const UNIT_STARTED: &str = "39f53479d3a045ac8e11786248231fbf";
 /// After PID 1's message, a moment for journald to finish the dead process's stdout stream.
 const SETTLE: Duration = Duration::from_millis(100);
 
@@ -36,6 +48,8 @@ pub struct Collected {
     /// PID 1 logged that this was the unit's main process.
     pub main_process: bool,
     pub invocation_id: Option<String>,
+    /// When the run started (realtime µs), from PID 1's "Started" message.
+    pub started_us: Option<u64>,
     /// The run's last lines, oldest first.
     pub lines: Vec<String>,
 }
@@ -44,10 +58,12 @@ pub struct Collected {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub root: PathBuf,
-    /// How many lines an incident carries.
+    /// How many lines an incident carries, for units the configuration does not set it for.
     pub lines: usize,
     /// How long to wait for PID 1's account of a death.
     pub wait: Duration,
+    /// Unit policies and the operator's cause rules.
+    pub config: Arc<Config>,
 }
 
 fn open(root: &Path) -> Result<Journal, String> {
@@ -144,22 +160,32 @@ fn lines(
     Ok(out)
 }
 
-/// Collects what the journal says about `record`'s death in `unit`.
+/// When run `invocation` of `unit` started (realtime µs).
+fn started(j: &mut Journal, unit: &str, invocation: &str) -> Result<Option<u64>, systemd::Error> {
+    j.match_flush()?;
+    j.match_add("MESSAGE_ID", UNIT_STARTED)?;
+    j.match_add("UNIT", unit)?;
+    j.match_add("INVOCATION_ID", invocation)?;
+    j.seek_tail()?;
+    Ok(if j.previous()? > 0 {
+        Some(j.timestamp_usec()?)
+    } else {
+        None
+    })
+}
+
+/// Collects what the journal says about `record`'s death in `unit`, with up to `n` lines.
 fn collect(
     j: &mut Journal,
     unit: &str,
     record: &ExitRecord,
     clock: Clock,
     options: &Options,
+    n: usize,
 ) -> Result<Collected, systemd::Error> {
     let died_us = clock.realtime_us(record.ktime_ns);
-    let exit = await_exit(
-        j,
-        unit,
-        record.wait_status,
-        died_us,
-        Instant::now() + options.wait,
-    )?;
+    let deadline = Instant::now() + options.wait;
+    let exit = await_exit(j, unit, record.wait_status, died_us, deadline)?;
     let main_process = exit.is_some();
     let invocation_id = exit
         .filter(|id| !id.is_empty())
@@ -167,12 +193,88 @@ fn collect(
     if main_process {
         thread::sleep(SETTLE);
     }
-    let lines = lines(j, unit, invocation_id.as_deref(), options.lines)?;
+    let started_us = match invocation_id.as_deref() {
+        Some(id) => started(j, unit, id)?,
+        None => None,
+    };
+    let lines = lines(j, unit, invocation_id.as_deref(), n)?;
     Ok(Collected {
         main_process,
         invocation_id,
+        started_us,
         lines,
     })
+}
+
+/// What the journal thread keeps between deaths.
+struct Reader {
+    options: Options,
+    /// The operator's rules, then the built-in ones.
+    rules: Vec<Rule>,
+    journal: Option<Journal>,
+    last_error: String,
+}
+
+impl Reader {
+    /// The incident for `record`, or None when the death did not fail its unit.
+    fn incident(&mut self, unit: &str, record: &ExitRecord) -> Option<Incident> {
+        if self.journal.is_none() {
+            match open(&self.options.root) {
+                Ok(j) => self.journal = Some(j),
+                Err(e) if e != self.last_error => {
+                    tracing::warn!("{e}; incidents go out without journal lines");
+                    self.last_error = e;
+                }
+                Err(_) => {}
+            }
+        }
+        let policy = self.options.config.policy(unit);
+        let n = policy.map_or(self.options.lines, |p| p.journal_lines);
+        let startup_grace = policy.map_or(STARTUP_GRACE, |p| p.startup_grace);
+        // Without a journal we cannot tell the main process: every death in a service counts.
+        let unread = || Collected {
+            main_process: true,
+            invocation_id: record.invocation_id.clone(),
+            started_us: None,
+            lines: Vec::new(),
+        };
+        let clock = Clock::now();
+        let collected = match self
+            .journal
+            .as_mut()
+            .map(|j| collect(j, unit, record, clock, &self.options, n))
+        {
+            Some(Ok(collected)) => collected,
+            Some(Err(e)) => {
+                tracing::warn!(unit, error = %e, "reading the journal failed; reopening it for the next death");
+                self.journal = None;
+                unread()
+            }
+            None => unread(),
+        };
+        if !collected.main_process {
+            tracing::debug!(
+                unit,
+                pid = record.pid,
+                "not the unit's main process: no incident"
+            );
+            return None;
+        }
+        let died_us = clock.realtime_us(record.ktime_ns);
+        let uptime = collected
+            .started_us
+            .map(|s| Duration::from_micros(died_us.saturating_sub(s)));
+        let cause = causes::classify(
+            record,
+            &collected.lines,
+            &self.rules,
+            causes::Context {
+                uptime,
+                startup_grace,
+            },
+        );
+        Some(Incident::from_death(unit, record, collected, cause))
+    }
 }
 
 /// Starts the journal thread. Deaths in units go in on the returned sender; an incident comes out
@@ -182,39 +284,29 @@ fn collect(
 #[must_use]
 pub fn spawn(options: Options, incidents: UnboundedSender<Incident>) -> mpsc::Sender<ExitRecord> {
     let (tx, rx) = mpsc::channel::<ExitRecord>();
-    let spawned = thread::Builder::new().name("journal".into()).spawn(move || {
-        let mut journal: Option<Journal> = None;
-        let mut last_error = String::new();
-        for record in rx {
-            let Some(unit) = record.user_unit.clone().or_else(|| record.unit.clone()) else { continue };
-            if journal.is_none() {
-                match open(&options.root) {
-                    Ok(j) => journal = Some(j),
-                    Err(e) if e != last_error => {
-                        tracing::warn!("{e}; incidents go out without journal lines");
-                        last_error = e;
-                    }
-                    Err(_) => {}
-                }
-            }
-            let collected = match journal.as_mut().map(|j| collect(j, &unit, &record, Clock::now(), &options)) {
-                Some(Ok(collected)) => collected,
-                Some(Err(e)) => {
-                    tracing::warn!(unit, error = %e, "reading the journal failed; reopening it for the next death");
-                    journal = None;
-                    Collected { main_process: true, invocation_id: record.invocation_id.clone(), lines: Vec::new() }
-                }
-                None => Collected { main_process: true, invocation_id: record.invocation_id.clone(), lines: Vec::new() },
+    let mut rules = options.config.rules.clone();
+    rules.extend(causes::builtin());
+    // sd-journal handles must stay on the thread that opened them: build the reader there.
+    let spawned = thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || {
+            let mut reader = Reader {
+                options,
+                rules,
+                journal: None,
+                last_error: String::new(),
             };
-            if !collected.main_process {
-                tracing::debug!(unit, pid = record.pid, "not the unit's main process: no incident");
-                continue;
+            for record in rx {
+                let Some(unit) = record.user_unit.clone().or_else(|| record.unit.clone()) else {
+                    continue;
+                };
+                if let Some(incident) = reader.incident(&unit, &record)
+                    && incidents.send(incident).is_err()
+                {
+                    return;
+                }
             }
-            if incidents.send(Incident::from_death(&unit, &record, collected)).is_err() {
-                return;
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the journal thread; no incidents will be written");
     }

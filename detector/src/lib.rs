@@ -5,7 +5,9 @@
 //! that fail a unit become [`incident`]s once the [`journal`] has their last lines.
 
 pub mod btf;
+pub mod causes;
 pub mod clock;
+pub mod config;
 pub mod correlate;
 pub mod daemon;
 pub mod decode;

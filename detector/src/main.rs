@@ -28,9 +28,14 @@ enum Command {
         #[arg(long, default_value = "/")]
         root: std::path::PathBuf,
         /// How many of a failed run's last journal lines an incident carries.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = detector::config::DEFAULT_JOURNAL_LINES)]
         journal_lines: usize,
+        /// Unit policies and cause rules (TOML; see `detector check-config`).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
     },
+    /// Check a configuration file; name the line of any error.
+    CheckConfig { file: std::path::PathBuf },
 }
 
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
@@ -41,6 +46,14 @@ fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
         return Err(format!("{n} is not a power of two of at least 4096 bytes"));
     }
     Ok(n)
+}
+
+/// `detector run`: the daemon, on a single-threaded runtime (its work is one ordered stream).
+fn run(options: detector::daemon::Options) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(detector::daemon::run(options))
 }
 
 fn main() -> ExitCode {
@@ -58,18 +71,30 @@ fn main() -> ExitCode {
             nice,
             root,
             journal_lines,
-        } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                rt.block_on(detector::daemon::run(detector::daemon::Options {
+            config,
+        } => {
+            // A bad configuration stops the start with the file and line of the problem.
+            match config.as_deref().map(detector::config::load).transpose() {
+                Ok(config) => run(detector::daemon::Options {
                     ringbuf_bytes,
                     nice,
                     root,
                     journal_lines,
-                }))
-            }),
+                    config: config.unwrap_or_default(),
+                }),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::CheckConfig { file } => detector::config::load(&file)
+            .map(|config| {
+                println!(
+                    "{}: ok ({} units, {} rules)",
+                    file.display(),
+                    config.units.len(),
+                    config.rules.len()
+                );
+            })
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
