@@ -58,21 +58,26 @@ pub struct Options {
 /// the unit's main process.
 const JOURNAL_WAIT: Duration = Duration::from_secs(2);
 
-/// The cgroup managed by the systemd instance whose files are at `root`: from the cgroup of its
-/// PID 1, which is PID 1 here for `/`, PID N for `/proc/N/root`, and `ROOT/proc/1` otherwise
-/// (a container with the host's / at /host, and its /proc).
-fn manager_root(root: &Path) -> anyhow::Result<String> {
-    let pid1 = if root == Path::new("/") {
-        PathBuf::from("/proc/1/cgroup")
-    } else if let Some(pid) = root
-        .strip_prefix("/proc")
+/// The PID, in our pid namespace, of the systemd instance whose files are at `root`: 1 for `/`,
+/// N for `/proc/N/root`; None otherwise (a container with the host's / at /host).
+fn manager_pid(root: &Path) -> Option<i32> {
+    if root == Path::new("/") {
+        return Some(1);
+    }
+    root.strip_prefix("/proc")
+        .ok()?
+        .to_str()?
+        .strip_suffix("/root")?
+        .parse()
         .ok()
-        .and_then(|r| r.to_str())
-        .and_then(|r| r.strip_suffix("/root"))
-    {
-        PathBuf::from(format!("/proc/{pid}/cgroup"))
-    } else {
-        root.join("proc/1/cgroup")
+}
+
+/// The cgroup managed by the systemd instance whose files are at `root`, from the cgroup of its
+/// PID 1 (`/proc/PID/cgroup`, or `ROOT/proc/1/cgroup` when we do not know its pid).
+fn manager_root(root: &Path) -> anyhow::Result<String> {
+    let pid1 = match manager_pid(root) {
+        Some(pid) => PathBuf::from(format!("/proc/{pid}/cgroup")),
+        None => root.join("proc/1/cgroup"),
     };
     let text = std::fs::read_to_string(&pid1).with_context(|| {
         format!(
@@ -242,6 +247,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             lines: options.journal_lines,
             wait: JOURNAL_WAIT,
             config: std::sync::Arc::new(options.config.clone()),
+            manager_root: manager_root.clone(),
+            // Without the manager's pid (a container watching /host), our own network namespace
+            // is the best guess: such daemons run with the host's network.
+            netns_pid: manager_pid(&options.root)
+                .unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
         },
         incidents_tx,
     );

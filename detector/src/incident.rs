@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::{journal::Collected, record::ExitRecord};
+use crate::{journal::Collected, ports::Holder, record::ExitRecord};
 
 /// One step of an incident, in time order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,6 +29,8 @@ pub struct Incident {
     pub detail: String,
     /// The failed run's last journal lines, oldest first.
     pub journal: Vec<String>,
+    /// For `port_in_use`: the process (and unit) listening on the port.
+    pub port_holder: Option<Holder>,
     pub timeline: Vec<Step>,
 }
 
@@ -55,6 +57,7 @@ impl Incident {
             cause,
             detail,
             journal: lines,
+            port_holder: None,
             timeline: vec![Step {
                 at: record.time.clone(),
                 step: "detected",

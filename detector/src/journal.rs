@@ -28,6 +28,7 @@ use crate::{
     clock::Clock,
     config::Config,
     incident::Incident,
+    ports,
     record::ExitRecord,
 };
 
@@ -64,6 +65,10 @@ pub struct Options {
     pub wait: Duration,
     /// Unit policies and the operator's cause rules.
     pub config: Arc<Config>,
+    /// The cgroup the watched systemd manages, for naming the unit that holds a port.
+    pub manager_root: String,
+    /// A process in the watched systemd's network namespace, for finding who holds a port.
+    pub netns_pid: i32,
 }
 
 fn open(root: &Path) -> Result<Journal, String> {
@@ -273,7 +278,46 @@ impl Reader {
                 startup_grace,
             },
         );
-        Some(Incident::from_death(unit, record, collected, cause))
+        let mut incident = Incident::from_death(unit, record, collected, cause);
+        if incident.cause == "port_in_use" {
+            self.name_port_holder(
+                &mut incident,
+                policy
+                    .and_then(|p| p.health.as_ref())
+                    .and_then(|h| h.url.port_or_known_default()),
+            );
+        }
+        Some(incident)
+    }
+}
+
+impl Reader {
+    /// Names the process and unit holding the port a `port_in_use` failure wanted: the port from
+    /// the run's lines, else from the unit's health check URL.
+    fn name_port_holder(&self, incident: &mut Incident, health_port: Option<u16>) {
+        let Some(port) = ports::port_in_lines(&incident.journal).or(health_port) else {
+            return;
+        };
+        let Some(mut holder) = ports::holders(self.options.netns_pid, port)
+            .into_iter()
+            .next()
+        else {
+            return;
+        };
+        holder.unit = holder
+            .cgroup
+            .as_deref()
+            .and_then(|c| crate::units::units(&self.options.manager_root, c))
+            .map(|u| u.user_unit.unwrap_or(u.unit));
+        let unit = holder
+            .unit
+            .as_deref()
+            .map_or_else(String::new, |u| format!(" of {u}"));
+        incident.detail = format!(
+            "{}: port {port} is held by {} (pid {}){unit}",
+            incident.detail, holder.comm, holder.pid
+        );
+        incident.port_holder = Some(holder);
     }
 }
 

@@ -14,6 +14,7 @@ pub mod decode;
 pub mod enrich;
 pub mod incident;
 pub mod journal;
+pub mod ports;
 pub mod probes;
 pub mod record;
 pub mod signals;

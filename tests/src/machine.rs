@@ -72,6 +72,16 @@ impl Machine {
     /// When the root is not prepared or the machine does not boot in time.
     #[must_use]
     pub fn boot(units: &[(&str, &str)]) -> Self {
+        Self::boot_with(units, &[])
+    }
+
+    /// As [`Machine::boot`], with host files bind-mounted read-only into the machine
+    /// (host path, path in the machine).
+    ///
+    /// # Panics
+    /// As [`Machine::boot`].
+    #[must_use]
+    pub fn boot_with(units: &[(&str, &str)], files: &[(&str, &str)]) -> Self {
         let root = std::env::var("DETECTOR_MACHINE_ROOT").unwrap_or_else(|_| {
             panic!(
                 "DETECTOR_MACHINE_ROOT is not set: run with `cargo xtask test`, which prepares it"
@@ -96,6 +106,9 @@ impl Machine {
                 "--bind-ro={}:/etc/systemd/system/{name}",
                 file.display()
             ));
+        }
+        for (host, inside) in files {
+            cmd.arg(format!("--bind-ro={host}:{inside}"));
         }
         let log = std::fs::File::create(dir.path().join("console.log")).expect("console log");
         let nspawn = cmd
@@ -180,6 +193,45 @@ impl Machine {
             "systemctl {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Host pids of the processes in a unit of the machine (from its cgroup in the host's tree).
+    ///
+    /// # Panics
+    /// If the unit's cgroup cannot be read.
+    #[must_use]
+    pub fn unit_pids(&self, slice_and_unit: &str) -> Vec<u32> {
+        let procs = crate::cgroup2_mount()
+            .join(
+                self.cgroup_root()
+                    .strip_prefix("/")
+                    .unwrap_or(&self.cgroup_root()),
+            )
+            .join(slice_and_unit)
+            .join("cgroup.procs");
+        std::fs::read_to_string(&procs)
+            .unwrap_or_else(|e| panic!("{}: {e}", procs.display()))
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    }
+
+    /// Waits until `url` inside the machine answers 200.
+    ///
+    /// # Panics
+    /// If it does not within 30 s.
+    pub fn wait_healthy(&self, url: &str) {
+        let probe = format!(
+            "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('{url}', timeout=1).status == 200 else 1)"
+        );
+        let started = Instant::now();
+        while !self.run(&["python3", "-c", &probe]).status.success() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{url} never answered 200"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// What the machine printed on its console so far.

@@ -156,3 +156,185 @@ fn a_worker_death_is_not_a_unit_failure() {
         worker["pid"]
     );
 }
+
+/// A unit running the demo service (tests/demo/app.py) in `mode`.
+/// The machines share the host's network: the tests use ports unlikely to be taken there.
+fn demo(mode: &str, extra: &str) -> String {
+    format!(
+        "[Service]\nEnvironment=DEMO_MODE={mode} DEMO_PORT=18000\n{extra}ExecStart=/usr/bin/python3 /opt/demo/app.py\n"
+    )
+}
+
+fn incident_for(daemon: &Daemon, unit: &str) -> Value {
+    daemon.record_where(&format!("the incident for {unit}"), |r| {
+        r["kind"] == "incident" && r["unit"] == unit
+    })
+}
+
+fn journal_has(incident: &Value, text: &str) -> bool {
+    incident["journal"].as_array().is_some_and(|lines| {
+        lines
+            .iter()
+            .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
+    })
+}
+
+/// The port's first holder, then a second service on the same port: the incident names the
+/// holder's process and unit.
+fn check_port_in_use(machine: &Machine, daemon: &Daemon) {
+    machine.systemctl(&["start", "demo-holder.service"]);
+    machine.wait_healthy("http://127.0.0.1:18000/health");
+    let holder_pid = machine.unit_pids("system.slice/demo-holder.service")[0];
+    machine.systemctl(&["start", "--no-block", "demo-port.service"]);
+    let port = incident_for(daemon, "demo-port.service");
+    assert_eq!(port["cause"], "port_in_use", "{port}");
+    assert!(
+        journal_has(&port, "OSError: [Errno 98] Address already in use"),
+        "{port}"
+    );
+    assert_eq!(
+        port["port_holder"],
+        json!({"pid": holder_pid, "comm": "python3", "unit": "demo-holder.service"}),
+        "{port}"
+    );
+    let detail = port["detail"].as_str().unwrap_or_default();
+    let held = format!("port 18000 is held by python3 (pid {holder_pid}) of demo-holder.service");
+    assert!(detail.ends_with(&held), "{port}");
+}
+
+/// Killed by another process: a shell's `kill` inside the machine.
+fn check_killed_by_another(machine: &Machine, daemon: &Daemon) {
+    machine.systemctl(&["start", "demo-victim.service"]);
+    machine.wait_healthy("http://127.0.0.1:18001/health");
+    let main = machine.run(&[
+        "systemctl",
+        "show",
+        "--value",
+        "--property=MainPID",
+        "demo-victim.service",
+    ]);
+    let main = String::from_utf8_lossy(&main.stdout).trim().to_owned();
+    // The minbase machine has no kill(1): the shell's builtin sends it. SIGKILL, because systemd
+    // counts SIGTERM (like SIGHUP, SIGINT, SIGPIPE) as a clean exit of a service: no failure.
+    let kill = machine.run(&["sh", "-c", &format!("kill -KILL {main}")]);
+    assert!(kill.status.success(), "kill {main}: {kill:?}");
+    let victim = incident_for(daemon, "demo-victim.service");
+    assert_eq!(victim["cause"], "signal", "{victim}");
+    let detail = victim["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("killed by SIGKILL sent by sh (pid "),
+        "{victim}"
+    );
+}
+
+#[test]
+fn common_failures_are_named() {
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
+    let units = [
+        ("demo-import.service", demo("import", "")),
+        ("demo-exception.service", demo("exception", "")),
+        ("demo-env.service", demo("env", "")),
+        ("demo-holder.service", demo("ok", "")),
+        ("demo-port.service", demo("ok", "")),
+        ("demo-segv.service", demo("segv", "")),
+        (
+            "demo-victim.service",
+            demo("ok", "Environment=DEMO_PORT=18001\n"),
+        ),
+    ];
+    let units: Vec<(&str, &str)> = units.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let machine = Machine::boot_with(&units, &[(app, "/opt/demo/app.py")]);
+    let daemon = Daemon::start_with(&["--root", &machine.root()]);
+    check_port_in_use(&machine, &daemon);
+    // (unit, cause, start of the detail, a line the journal must show)
+    let cases = [
+        (
+            "demo-import.service",
+            "missing_dependency",
+            "Python module 'fastapi_settings_plugin' is not installed",
+            "ModuleNotFoundError: No module named 'fastapi_settings_plugin'",
+        ),
+        (
+            "demo-env.service",
+            "missing_env",
+            "environment variable DATABASE_URL is not set",
+            "KeyError: 'DATABASE_URL'",
+        ),
+        (
+            "demo-exception.service",
+            "startup_failure",
+            "exited with status 1 ",
+            "RuntimeError: startup hook failed: cannot load settings",
+        ),
+        (
+            "demo-segv.service",
+            "signal",
+            "killed by SIGSEGV raised by the kernel (a fault in the process)",
+            "mode=segv",
+        ),
+    ];
+    for (unit, cause, detail, line) in cases {
+        machine.systemctl(&["start", "--no-block", unit]);
+        let incident = incident_for(&daemon, unit);
+        assert_eq!(incident["cause"], cause, "{incident}");
+        assert!(
+            incident["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(detail)),
+            "{incident}"
+        );
+        assert!(
+            journal_has(&incident, line),
+            "journal lacks {line:?}: {incident}"
+        );
+    }
+    check_killed_by_another(&machine, &daemon);
+}
+
+#[test]
+fn oom_kill_in_a_unit_is_named() {
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
+    let machine = Machine::boot_with(
+        &[("demo-hog.service", &demo("hog", ""))],
+        &[(app, "/opt/demo/app.py")],
+    );
+    let daemon = Daemon::start_with(&["--root", &machine.root()]);
+    machine.systemctl(&["start", "demo-hog.service"]);
+    // The unit's process moves into a host cgroup v1 memory cgroup with a 96 MiB limit; its
+    // growing hoard then meets the OOM killer.
+    let parent = tests::own_memcg_v1_path()
+        .expect("the cgroup v1 memory controller is mounted on the project's machines");
+    let memcg = format!(
+        "{}/detector-unit-oom-{}",
+        parent.trim_end_matches('/'),
+        std::process::id()
+    );
+    let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/memory{memcg}"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    std::fs::write(dir.join("memory.limit_in_bytes"), (96u64 << 20).to_string()).expect("limit");
+    let pid = machine.unit_pids("system.slice/demo-hog.service")[0];
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move the hog");
+    let incident = daemon.record_where("the OOM incident", |r| {
+        r["kind"] == "incident" && r["unit"] == "demo-hog.service"
+    });
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(
+        (incident["cause"].clone(), incident["pid"].clone()),
+        (json!("oom_kill"), json!(pid)),
+        "{incident}"
+    );
+    let detail = incident["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("killed by the OOM killer with ")
+            && detail.ends_with(&format!("memory cgroup {memcg} reached its limit")),
+        "{incident}"
+    );
+    assert!(
+        incident["journal"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l
+                .as_str()
+                .is_some_and(|l| l.contains("code=killed, status=9/KILL")))),
+        "{incident}"
+    );
+}
