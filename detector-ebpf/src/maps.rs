@@ -9,7 +9,7 @@ use detector_common::{Offsets, OomInfo, SenderKey, SignalSender, counter};
 
 /// Death records to userspace. The loader may resize it (`--ringbuf-bytes`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(2 << 20, 0);
 
 /// Per-CPU counters indexed by [`detector_common::counter`]: failures are counted, not printed.
 #[map]

@@ -15,8 +15,9 @@ struct Cli {
 enum Command {
     /// Load the kernel programs and print one JSON record per process death on stdout.
     Run {
-        /// Size of the kernel → daemon ring buffer in bytes (a power of two, at least one page).
-        #[arg(long, default_value_t = 4 << 20, value_parser = parse_ringbuf_bytes)]
+        /// Size of the kernel → daemon ring buffer in bytes (a power of two, at least one page). It
+        /// counts twice in the resident memory (the kernel maps it twice for wrap-around).
+        #[arg(long, default_value_t = 2 << 20, value_parser = parse_ringbuf_bytes)]
         ringbuf_bytes: u32,
         /// Scheduling niceness for the daemon (-20..=19). Below 0 by default so that records stay
         /// prompt when the host's CPUs are saturated, which is when processes tend to die.
