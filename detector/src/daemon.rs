@@ -107,6 +107,61 @@ fn raise_fd_limit() {
     }
 }
 
+/// The last counter report and the summary line, at shutdown.
+fn summarise(
+    pipeline: &Pipeline,
+    counters: &PerCpuArray<MapData, u64>,
+    previous: &[(u64, Vec<u64>); 4],
+) {
+    let now = read_counters(counters);
+    report_counters(&now, previous);
+    let [
+        (emitted, _),
+        (lost, _),
+        (read_failures, _),
+        (map_failures, _),
+    ] = now;
+    tracing::info!(
+        emitted,
+        received = pipeline.received,
+        lost,
+        read_failures,
+        map_failures,
+        undecodable = pipeline.undecodable,
+        "detector stopped"
+    );
+}
+
+/// Checks that systemd knows every unit the configuration names: a typo there would otherwise
+/// only show when that unit fails. A bus that cannot be reached is reported, not fatal.
+async fn check_configured_units(root: &Path, config: &crate::config::Config) {
+    let listed: Vec<&str> = config
+        .units
+        .iter()
+        .map(|p| p.name.as_str())
+        .filter(|name| !name.contains("@."))
+        .collect();
+    if listed.is_empty() {
+        return;
+    }
+    let bus = match crate::actions::Systemd::connect(root).await {
+        Ok(bus) => bus,
+        Err(e) => {
+            tracing::warn!("{e}; the configured units cannot be checked");
+            return;
+        }
+    };
+    for unit in listed {
+        match bus.unit(unit).await {
+            Ok(state) if state.load_state == "not-found" => {
+                tracing::warn!(unit, root = %root.display(), "the configuration names a unit systemd does not know");
+            }
+            Ok(state) => tracing::debug!(unit, active = state.active_state, "configured unit"),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+}
+
 /// Sets this process's niceness. Failing is not fatal: the records are the same, only later
 /// under load.
 fn set_nice(nice: i32) {
@@ -262,6 +317,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         received: 0,
         undecodable: 0,
     };
+    check_configured_units(&options.root, &options.config).await;
     // After the probes: a cgroup created during the scan is also in the ring buffer.
     let known = pipeline.cgroups.scan();
     tracing::debug!(cgroups = known, "learned the cgroup2 tree");
@@ -301,22 +357,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     // Whatever the kernel wrote before we were told to stop still gets out.
     pipeline.drain(ring.get_mut());
-    let now = read_counters(&counters);
-    report_counters(&now, &previous);
-    let [
-        (emitted, _),
-        (lost, _),
-        (read_failures, _),
-        (map_failures, _),
-    ] = now;
-    tracing::info!(
-        emitted,
-        received = pipeline.received,
-        lost,
-        read_failures,
-        map_failures,
-        undecodable = pipeline.undecodable,
-        "detector stopped"
-    );
+    summarise(&pipeline, &counters, &previous);
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! [`correlate`] → [`enrich`] (cgroup paths, [`units`]) → [`sinks`], driven by [`daemon`]; deaths
 //! that fail a unit become [`incident`]s once the [`journal`] has their last lines.
 
+pub mod actions;
 pub mod btf;
 pub mod causes;
 pub mod clock;

@@ -338,3 +338,66 @@ fn oom_kill_in_a_unit_is_named() {
         "{incident}"
     );
 }
+
+#[test]
+fn configured_units_are_checked_and_restartable_over_the_bus() {
+    let machine = Machine::boot(&[(
+        "demo-sleep.service",
+        "[Service]\nExecStart=/bin/sleep 600\n",
+    )]);
+    let config = std::env::temp_dir().join(format!("detector-units-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[[unit]]\nname = \"demo-sleep.service\"\n\n[[unit]]\nname = \"no-such-thing.service\"\n",
+    )
+    .expect("config");
+    let daemon = Daemon::start_with(&[
+        "--root",
+        &machine.root(),
+        "--config",
+        &config.display().to_string(),
+    ]);
+    let (_, stderr) = daemon.stop();
+    let _ = std::fs::remove_file(&config);
+    let unknown: Vec<&String> = stderr
+        .iter()
+        .filter(|l| l.contains("does not know"))
+        .collect();
+    assert_eq!(unknown.len(), 1, "{stderr:?}");
+    assert!(
+        unknown[0].contains("unit=\"no-such-thing.service\""),
+        "{stderr:?}"
+    );
+
+    // The same bus, through the daemon's own client: a unit's state, and a restart.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let bus = detector::actions::Systemd::connect(std::path::Path::new(&machine.root()))
+            .await
+            .expect("bus");
+        machine.systemctl(&["start", "demo-sleep.service"]);
+        let before = bus.unit("demo-sleep.service").await.expect("state");
+        assert_eq!(
+            (before.load_state.as_str(), before.active_state.as_str()),
+            ("loaded", "active"),
+            "{before:?}"
+        );
+        assert_eq!(before.restart.as_deref(), Some("no"), "{before:?}");
+        bus.restart("demo-sleep.service").await.expect("restart");
+        let started = std::time::Instant::now();
+        loop {
+            let now = bus.unit("demo-sleep.service").await.expect("state");
+            if now.active_state == "active" && now.invocation_id != before.invocation_id {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "no new run after the restart: {now:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+}
