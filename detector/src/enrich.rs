@@ -239,12 +239,15 @@ impl CgroupResolver {
     /// the unit's first process runs; `user.invocation_id` from user managers without the
     /// privilege). Read through the directory opened when the cgroup was learned, so a cgroup
     /// systemd removed right after the death still answers; by path for one we did not see.
-    fn invocation_id(&self, cgroup: &str) -> Option<String> {
-        let opened = self
-            .known
-            .values()
-            .find(|k| k.path == cgroup)
-            .and_then(|k| k.dir.as_ref());
+    ///
+    /// `process_cgroup` is the id of the dying process's own cgroup: nearly always the unit's,
+    /// which then costs one lookup; only a process in a sub-cgroup of its unit needs the scan.
+    fn invocation_id(&self, cgroup: &str, process_cgroup: u64) -> Option<String> {
+        let known = match self.known.get(&process_cgroup) {
+            Some(k) if k.path == cgroup => Some(k),
+            _ => self.known.values().find(|k| k.path == cgroup),
+        };
+        let opened = known.and_then(|k| k.dir.as_ref());
         let path = if opened.is_some() {
             None
         } else {
@@ -298,7 +301,7 @@ impl CgroupResolver {
             record.invocation_id = record
                 .cgroup
                 .as_deref()
-                .and_then(|c| self.invocation_id(&unit_cgroup(c, &units)));
+                .and_then(|c| self.invocation_id(&unit_cgroup(c, &units), record.cgroup_id));
             record.unit = Some(units.unit);
             record.user_unit = units.user_unit;
         }
