@@ -82,6 +82,12 @@ pub struct UnitState {
     pub result: Option<String>,
 }
 
+/// Turns a bus error about `unit` into an [`ActionError`] saying what systemd could not do.
+fn unit_error(unit: &str, what: &'static str) -> impl FnOnce(zbus::Error) -> ActionError {
+    let unit = unit.to_owned();
+    move |source| ActionError::Unit { what, unit, source }
+}
+
 /// A connection to the watched systemd.
 pub struct Systemd {
     connection: zbus::Connection,
@@ -121,18 +127,17 @@ impl Systemd {
         }
     }
 
+    /// The manager's proxy, for acting on `unit`.
+    async fn manager(&self, unit: &str) -> Result<ManagerProxy<'_>, ActionError> {
+        ManagerProxy::new(&self.connection)
+            .await
+            .map_err(unit_error(unit, "reach the manager for"))
+    }
+
     /// The state of `unit` (loading it if systemd has not yet).
     pub async fn unit(&self, unit: &str) -> Result<UnitState, ActionError> {
-        let err = |what| {
-            move |source| ActionError::Unit {
-                what,
-                unit: unit.to_owned(),
-                source,
-            }
-        };
-        let manager = ManagerProxy::new(&self.connection)
-            .await
-            .map_err(err("reach the manager for"))?;
+        let err = |what| unit_error(unit, what);
+        let manager = self.manager(unit).await?;
         let path = manager.load_unit(unit).await.map_err(err("load"))?;
         let proxy = UnitProxy::builder(&self.connection)
             .path(path.clone())
@@ -169,20 +174,11 @@ impl Systemd {
     /// Asks systemd to restart `unit` now (`RestartUnit(unit, "replace")`): a pending automatic
     /// restart's wait is replaced by this job.
     pub async fn restart(&self, unit: &str) -> Result<(), ActionError> {
-        let err = |what| {
-            move |source| ActionError::Unit {
-                what,
-                unit: unit.to_owned(),
-                source,
-            }
-        };
-        let manager = ManagerProxy::new(&self.connection)
-            .await
-            .map_err(err("reach the manager for"))?;
-        manager
+        self.manager(unit)
+            .await?
             .restart_unit(unit, "replace")
             .await
-            .map_err(err("restart"))?;
+            .map_err(unit_error(unit, "restart"))?;
         Ok(())
     }
 }

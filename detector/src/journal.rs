@@ -289,9 +289,7 @@ impl Reader {
         }
         Some(incident)
     }
-}
 
-impl Reader {
     /// Names the process and unit holding the port a `port_in_use` failure wanted: the port from
     /// the run's lines, else from the unit's health check URL.
     fn name_port_holder(&self, incident: &mut Incident, health_port: Option<u16>) {

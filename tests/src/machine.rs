@@ -22,13 +22,18 @@ pub struct Machine {
     files: tempdir::Dir,
 }
 
-mod tempdir {
+pub mod tempdir {
     use std::path::{Path, PathBuf};
 
     /// A directory removed on drop.
     pub struct Dir(pub PathBuf);
 
     impl Dir {
+        /// A new, empty directory under the system's temporary directory.
+        ///
+        /// # Panics
+        /// If it cannot be made.
+        #[must_use]
         pub fn new(tag: &str) -> Self {
             let dir = std::env::temp_dir().join(format!("detector-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
@@ -37,6 +42,7 @@ mod tempdir {
             Self(dir)
         }
 
+        #[must_use]
         pub fn path(&self) -> &Path {
             &self.0
         }
@@ -232,6 +238,25 @@ impl Machine {
             );
             thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Starts `detector run` watching this machine, with `config` (TOML) written to a file that
+    /// lives as long as the returned guard.
+    ///
+    /// # Panics
+    /// If the file cannot be written or the daemon does not start.
+    #[must_use]
+    pub fn watch_with_config(&self, config: &str) -> (crate::Daemon, tempdir::Dir) {
+        let dir = tempdir::Dir::new("config");
+        let file = dir.path().join("detector.toml");
+        std::fs::write(&file, config).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+        let daemon = crate::Daemon::start_with(&[
+            "--root",
+            &self.root(),
+            "--config",
+            &file.display().to_string(),
+        ]);
+        (daemon, dir)
     }
 
     /// What the machine printed on its console so far.

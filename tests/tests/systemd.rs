@@ -67,18 +67,9 @@ fn deaths_in_units_are_named_with_their_unit() {
     ]);
     // The template's instances get a startup grace of 1 ms: their deaths are plain exit codes,
     // while demo-exit.service keeps the default grace (10 s) and fails at startup.
-    let config = std::env::temp_dir().join(format!("detector-config-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
+    let (daemon, _config) = machine.watch_with_config(
         "[[unit]]\nname = \"demo@.service\"\nrestart = \"report\"\nstartup_grace = \"1ms\"\n",
-    )
-    .expect("config");
-    let daemon = Daemon::start_with(&[
-        "--root",
-        &machine.root(),
-        "--config",
-        &config.display().to_string(),
-    ]);
+    );
     let cgroup_root = machine.cgroup_root();
     // (unit to start, unit in the record, exit code)
     for (start, unit, code) in [
@@ -126,7 +117,6 @@ fn deaths_in_units_are_named_with_their_unit() {
 
         check_incident(&daemon, unit, code, &record, invocation);
     }
-    let _ = std::fs::remove_file(&config);
 }
 
 #[test]
@@ -345,20 +335,10 @@ fn configured_units_are_checked_and_restartable_over_the_bus() {
         "demo-sleep.service",
         "[Service]\nExecStart=/bin/sleep 600\n",
     )]);
-    let config = std::env::temp_dir().join(format!("detector-units-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
+    let (daemon, _config) = machine.watch_with_config(
         "[[unit]]\nname = \"demo-sleep.service\"\n\n[[unit]]\nname = \"no-such-thing.service\"\n",
-    )
-    .expect("config");
-    let daemon = Daemon::start_with(&[
-        "--root",
-        &machine.root(),
-        "--config",
-        &config.display().to_string(),
-    ]);
+    );
     let (_, stderr) = daemon.stop();
-    let _ = std::fs::remove_file(&config);
     let unknown: Vec<&String> = stderr
         .iter()
         .filter(|l| l.contains("does not know"))
