@@ -8,7 +8,7 @@
 //! journal_lines = 30
 //! startup_grace = "10s"       # a death this soon after start is a startup failure
 //! health = { url = "http://127.0.0.1:8000/health", expect = 200, timeout = "1s", interval = "200ms", deadline = "30s" }
-//! crash_loop = { max_restarts = 5, window = "5m" }
+//! crash_loop = { max_restarts = 5, window = "5m", backoff = "1s" }
 //!
 //! [[rule]]                    # more causes recognised in a failed run's journal lines
 //! cause = "database_down"
@@ -47,11 +47,14 @@ pub struct Health {
     pub deadline: Duration,
 }
 
-/// When restarting stops: more than `max_restarts` within `window`.
+/// When restarting stops: after `max_restarts` restarts within `window`, the next failure is
+/// not restarted (`gave_up`). Restarts after the first in a window wait `backoff`, doubled for
+/// each further one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashLoop {
     pub max_restarts: u32,
     pub window: Duration,
+    pub backoff: Duration,
 }
 
 /// The policy for one unit (or every instance of a template, `app@.service`).
@@ -115,6 +118,7 @@ const DEFAULT_STARTUP_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_CRASH_LOOP: CrashLoop = CrashLoop {
     max_restarts: 5,
     window: Duration::from_mins(5),
+    backoff: Duration::from_secs(1),
 };
 
 #[derive(Deserialize)]
@@ -152,6 +156,7 @@ struct RawHealth {
 struct RawCrashLoop {
     max_restarts: Spanned<i64>,
     window: Spanned<String>,
+    backoff: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -258,13 +263,20 @@ impl Ctx<'_> {
                 format!("health url `{}` is not a URL: {e}", url.get_ref()),
             )
         })?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        if parsed.scheme() == "https" {
             return Err(self.at(
                 url.span(),
                 format!(
-                    "health url `{}` must be http:// or https:// with a host",
+                    "health url `{}`: https is not supported; health checks are meant for the \
+                     service's local plain-HTTP endpoint (detector carries no TLS stack)",
                     url.get_ref()
                 ),
+            ));
+        }
+        if parsed.scheme() != "http" || parsed.host().is_none() {
+            return Err(self.at(
+                url.span(),
+                format!("health url `{}` must be http:// with a host", url.get_ref()),
             ));
         }
         let expect = match expect {
@@ -347,6 +359,7 @@ impl Ctx<'_> {
                 let RawCrashLoop {
                     max_restarts,
                     window,
+                    backoff,
                 } = c.get_ref();
                 let max_restarts = u32::try_from(*max_restarts.get_ref())
                     .ok()
@@ -363,6 +376,11 @@ impl Ctx<'_> {
                         Some(window),
                         DEFAULT_CRASH_LOOP.window,
                         "crash_loop window",
+                    )?,
+                    backoff: self.duration(
+                        backoff.as_ref(),
+                        DEFAULT_CRASH_LOOP.backoff,
+                        "crash_loop backoff",
                     )?,
                 }
             }
@@ -474,7 +492,8 @@ crash_loop = { max_restarts = 5, window = "5m" }
             unit.crash_loop,
             CrashLoop {
                 max_restarts: 5,
-                window: Duration::from_mins(5)
+                window: Duration::from_mins(5),
+                backoff: Duration::from_secs(1)
             }
         );
         assert!(
@@ -485,7 +504,7 @@ crash_loop = { max_restarts = 5, window = "5m" }
 
     #[test]
     fn errors_name_the_line_and_the_problem() {
-        let cases: [(&str, usize, &str); 12] = [
+        let cases: [(&str, usize, &str); 14] = [
             ("[[unit]]\nname = \"app\"\n", 2, "needs a type suffix"),
             (
                 "[[unit]]\nname = \"a/b.service\"\n",
@@ -500,7 +519,17 @@ crash_loop = { max_restarts = 5, window = "5m" }
             (
                 "[[unit]]\nname = \"a.service\"\n\nhealth = { url = \"localhost:8000\" }\n",
                 4,
-                "must be http:// or https://",
+                "must be http:// with a host",
+            ),
+            (
+                "[[unit]]\nname = \"a.service\"\nhealth = { url = \"https://h/\" }\n",
+                3,
+                "https is not supported",
+            ),
+            (
+                "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 2, window = \"1m\", backoff = \"0s\" }\n",
+                3,
+                "crash_loop backoff must be more than zero",
             ),
             (
                 "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://h/\", expect = 99 }\n",
