@@ -6,7 +6,9 @@
 
 use std::{path::Path, time::Duration};
 
-use zbus::OwnedObjectPath;
+use futures_util::StreamExt as _;
+use tokio::time::Instant;
+use zbus::{OwnedObjectPath, proxy::CacheProperties};
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -16,6 +18,9 @@ use zbus::OwnedObjectPath;
 trait Manager {
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    /// Without a subscriber, systemd does not send its units' PropertiesChanged signals.
+    fn subscribe(&self) -> zbus::Result<()>;
 }
 
 #[zbus::proxy(
@@ -31,6 +36,9 @@ trait Unit {
     fn sub_state(&self) -> zbus::Result<String>;
     #[zbus(property, name = "InvocationID")]
     fn invocation_id(&self) -> zbus::Result<Vec<u8>>;
+    /// The unit's pending job (id 0 when none).
+    #[zbus(property)]
+    fn job(&self) -> zbus::Result<(u32, OwnedObjectPath)>;
 }
 
 #[zbus::proxy(
@@ -46,6 +54,8 @@ trait Service {
     fn n_restarts(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn result(&self) -> zbus::Result<String>;
+    #[zbus(property, name = "MainPID")]
+    fn main_pid(&self) -> zbus::Result<u32>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +98,29 @@ fn unit_error(unit: &str, what: &'static str) -> impl FnOnce(zbus::Error) -> Act
     move |source| ActionError::Unit { what, unit, source }
 }
 
+/// Where a unit settled after a death or a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Active in a new run.
+    Active { invocation_id: Option<String> },
+    /// Failed or inactive with no job pending: nothing will start it. `result` is the service's
+    /// `Result=` (`exit-code`, `start-limit-hit`, ...).
+    Down { result: String },
+    /// Still neither when the time was up; `state` is `active/sub` at the end.
+    Pending { state: String },
+}
+
 /// A connection to the watched systemd.
 pub struct Systemd {
     connection: zbus::Connection,
+    /// Built once: a restart is one round trip.
+    manager: ManagerProxy<'static>,
 }
 
 /// How long connecting may take: a bus that hangs is as good as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// While waiting on a unit, its state is read again at least this often, signal or not.
+const REREAD: Duration = Duration::from_millis(250);
 
 fn hex(bytes: &[u8]) -> Option<String> {
     use std::fmt::Write as _;
@@ -117,28 +143,39 @@ impl Systemd {
             .to_string();
         let build =
             zbus::connection::Builder::address(format!("unix:path={socket}").as_str()).build();
-        match tokio::time::timeout(CONNECT_TIMEOUT, build).await {
-            Ok(Ok(connection)) => Ok(Self { connection }),
-            Ok(Err(source)) => Err(ActionError::Connect { socket, source }),
-            Err(_) => Err(ActionError::Timeout {
-                socket,
-                timeout: CONNECT_TIMEOUT,
-            }),
+        let connect = async {
+            let connection = build.await?;
+            // Properties are read fresh each time: the cache would wait on signals.
+            let manager = ManagerProxy::builder(&connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            Ok::<_, zbus::Error>(Self {
+                connection,
+                manager,
+            })
+        };
+        let systemd = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(systemd)) => systemd,
+            Ok(Err(source)) => return Err(ActionError::Connect { socket, source }),
+            Err(_) => {
+                return Err(ActionError::Timeout {
+                    socket,
+                    timeout: CONNECT_TIMEOUT,
+                });
+            }
+        };
+        // Without it, waiting on a unit falls back to reading its state now and then.
+        if let Err(e) = systemd.manager.subscribe().await {
+            tracing::warn!(socket, error = %e, "cannot subscribe to systemd's signals; unit states will be polled");
         }
-    }
-
-    /// The manager's proxy, for acting on `unit`.
-    async fn manager(&self, unit: &str) -> Result<ManagerProxy<'_>, ActionError> {
-        ManagerProxy::new(&self.connection)
-            .await
-            .map_err(unit_error(unit, "reach the manager for"))
+        Ok(systemd)
     }
 
     /// The state of `unit` (loading it if systemd has not yet).
     pub async fn unit(&self, unit: &str) -> Result<UnitState, ActionError> {
         let err = |what| unit_error(unit, what);
-        let manager = self.manager(unit).await?;
-        let path = manager.load_unit(unit).await.map_err(err("load"))?;
+        let path = self.manager.load_unit(unit).await.map_err(err("load"))?;
         let proxy = UnitProxy::builder(&self.connection)
             .path(path.clone())
             .build()
@@ -171,11 +208,117 @@ impl Systemd {
         Ok(state)
     }
 
+    /// The unit's `Restart=` setting (`no`, `on-failure`, ...), for services.
+    pub async fn restart_setting(&self, unit: &str) -> Result<String, ActionError> {
+        let err = |what| unit_error(unit, what);
+        let path = self.manager.load_unit(unit).await.map_err(err("load"))?;
+        let service = ServiceProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err("address"))?;
+        service.restart().await.map_err(err("read Restart= of"))
+    }
+
+    /// Clears a failed unit's state, and with it systemd's start-rate limit counter
+    /// (`systemctl reset-failed`).
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), ActionError> {
+        self.manager
+            .reset_failed_unit(unit)
+            .await
+            .map_err(unit_error(unit, "reset the failed state of"))
+    }
+
+    /// Waits until `unit` is active in a run other than `old` (whose main process was
+    /// `old_pid`), or is down with nothing pending, or `until` passes. Woken by the unit's
+    /// PropertiesChanged signals; reads the state again at least every [`REREAD`] in case a
+    /// signal is missed.
+    pub async fn settle(
+        &self,
+        unit: &str,
+        old: Option<&str>,
+        old_pid: u32,
+        until: Instant,
+    ) -> Result<Settled, ActionError> {
+        let err = |what| unit_error(unit, what);
+        let path = self.manager.load_unit(unit).await.map_err(err("load"))?;
+        let properties = zbus::fdo::PropertiesProxy::builder(&self.connection)
+            .destination("org.freedesktop.systemd1")
+            .path(path.clone())
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err("address"))?;
+        // Subscribed before the first read: a change in between still wakes us.
+        let mut changes = properties
+            .receive_properties_changed()
+            .await
+            .map_err(err("watch"))?;
+        let proxy = UnitProxy::builder(&self.connection)
+            .path(path.clone())
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err("address"))?;
+        let service = ServiceProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err("address"))?;
+        let is_service = unit.ends_with(".service");
+        loop {
+            let active = proxy
+                .active_state()
+                .await
+                .map_err(err("read the state of"))?;
+            let sub = proxy.sub_state().await.map_err(err("read the state of"))?;
+            if active == "active" {
+                let invocation_id = proxy.invocation_id().await.ok().as_deref().and_then(hex);
+                // Until systemd has reaped the dead process, the old run still looks active.
+                let main_pid = if is_service {
+                    service.main_pid().await.unwrap_or(0)
+                } else {
+                    0
+                };
+                let new_run = old.is_none_or(|o| invocation_id.as_deref() != Some(o));
+                if new_run && main_pid != old_pid {
+                    return Ok(Settled::Active { invocation_id });
+                }
+            }
+            // "failed" and "dead" are also passed through on the way to a restart
+            // (`failed-before-auto-restart` since systemd 254, `dead` between a restart job's
+            // stop and start); only with no job pending are they where the unit rests.
+            if (active == "failed" && sub == "failed") || (active == "inactive" && sub == "dead") {
+                let (job, _) = proxy.job().await.map_err(err("read the job of"))?;
+                if job == 0 {
+                    let result = if is_service {
+                        service.result().await.unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    return Ok(Settled::Down { result });
+                }
+            }
+            let reread = (Instant::now() + REREAD).min(until);
+            let woke = tokio::time::timeout_at(reread, changes.next()).await;
+            if Instant::now() >= until {
+                return Ok(Settled::Pending {
+                    state: format!("{active}/{sub}"),
+                });
+            }
+            if matches!(woke, Ok(None)) {
+                // The signal stream ended (the bus is going away): read on the timer alone.
+                tokio::time::sleep_until(reread).await;
+            }
+        }
+    }
+
     /// Asks systemd to restart `unit` now (`RestartUnit(unit, "replace")`): a pending automatic
     /// restart's wait is replaced by this job.
     pub async fn restart(&self, unit: &str) -> Result<(), ActionError> {
-        self.manager(unit)
-            .await?
+        self.manager
             .restart_unit(unit, "replace")
             .await
             .map_err(unit_error(unit, "restart"))?;

@@ -2,6 +2,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -11,16 +12,26 @@ use detector_common::counter;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    sync::{
+        mpsc::{UnboundedReceiver, UnboundedSender},
+        oneshot,
+    },
+    task::JoinSet,
 };
 
 use crate::{
+    actions::Systemd,
+    causes,
     clock::{self, Clock},
+    config::{Config, RestartMode},
     correlate::correlate,
     decode::{Event, decode},
     enrich::CgroupResolver,
-    journal,
+    incident::{Incident, Progress},
+    journal::{self, Collected},
     probes::{self, Probes},
     record::ExitRecord,
+    recovery::{self, Recovery},
     sinks, units,
 };
 
@@ -51,12 +62,15 @@ pub struct Options {
     /// How many journal lines an incident carries (unless a unit's policy says).
     pub journal_lines: usize,
     /// Unit policies and cause rules.
-    pub config: crate::config::Config,
+    pub config: Config,
 }
 
 /// How long the journal thread waits for PID 1's account of a death before deciding it was not
 /// the unit's main process.
 const JOURNAL_WAIT: Duration = Duration::from_secs(2);
+/// At shutdown, how long incidents still being written may take to finish (about one journal
+/// wait); after that they go out as they are, marked `interrupted`.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// The PID, in our pid namespace, of the systemd instance whose files are at `root`: 1 for `/`,
 /// N for `/proc/N/root`; None otherwise (a container with the host's / at /host).
@@ -132,23 +146,31 @@ fn summarise(
     );
 }
 
-/// Checks that systemd knows every unit the configuration names: a typo there would otherwise
-/// only show when that unit fails. A bus that cannot be reached is reported, not fatal.
-async fn check_configured_units(root: &Path, config: &crate::config::Config) {
+/// Connects to the watched systemd when the configuration asks for restarts, so that the first
+/// restart does not wait for a connection, and checks that systemd knows every configured unit:
+/// a typo there would otherwise only show when that unit fails. A bus that cannot be reached is
+/// reported, not fatal: the recovery connects again when it needs to.
+async fn connect_and_check_units(root: &Path, config: &Config) -> Option<Systemd> {
     let listed: Vec<&str> = config
         .units
         .iter()
         .map(|p| p.name.as_str())
         .filter(|name| !name.contains("@."))
         .collect();
-    if listed.is_empty() {
-        return;
+    let acting = config
+        .units
+        .iter()
+        .any(|p| p.restart != RestartMode::Report);
+    if listed.is_empty() && !acting {
+        return None;
     }
-    let bus = match crate::actions::Systemd::connect(root).await {
+    let bus = match Systemd::connect(root).await {
         Ok(bus) => bus,
         Err(e) => {
-            tracing::warn!("{e}; the configured units cannot be checked");
-            return;
+            tracing::warn!(
+                "{e}; the configured units cannot be checked, and restarts will connect again"
+            );
+            return None;
         }
     };
     for unit in listed {
@@ -160,6 +182,7 @@ async fn check_configured_units(root: &Path, config: &crate::config::Config) {
             Err(e) => tracing::warn!("{e}"),
         }
     }
+    Some(bus)
 }
 
 /// Sets this process's niceness. Failing is not fatal: the records are the same, only later
@@ -174,8 +197,15 @@ fn set_nice(nice: i32) {
 
 /// Everything after the ring buffer.
 struct Pipeline {
-    /// Deaths in units, to the journal thread, which turns unit failures into incidents.
-    journal: std::sync::mpsc::Sender<ExitRecord>,
+    /// Deaths in services, to the journal thread, which tells unit failures from other deaths
+    /// and gathers the failed run's lines.
+    journal: std::sync::mpsc::Sender<journal::Request>,
+    recovery: Arc<Recovery>,
+    /// One task per death in a service, until its incident is written.
+    tasks: JoinSet<()>,
+    incidents: UnboundedSender<Incident>,
+    /// The watched systemd's PID 1, in our pid namespace, when known.
+    manager_pid: Option<i32>,
     cgroups: CgroupResolver,
     stdout: sinks::Stdout,
     received: u64,
@@ -209,18 +239,7 @@ impl Pipeline {
                     record.latency_us =
                         clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
                     self.stdout.push(&record);
-                    if record
-                        .unit
-                        .as_deref()
-                        .is_some_and(|u| u.ends_with(".service"))
-                        || record
-                            .user_unit
-                            .as_deref()
-                            .is_some_and(|u| u.ends_with(".service"))
-                    {
-                        // The journal thread only ends with the daemon.
-                        let _ = self.journal.send(record);
-                    }
+                    self.unit_death(record);
                     pending += 1;
                     if pending == FLUSH_EVERY {
                         self.stdout.flush();
@@ -237,6 +256,74 @@ impl Pipeline {
         }
         self.stdout.flush();
         read
+    }
+}
+
+impl Pipeline {
+    /// At shutdown: every incident begun still gets out, finished within [`SHUTDOWN_GRACE`] or
+    /// as far as it got.
+    async fn finish_incidents(&mut self, incidents: &mut UnboundedReceiver<Incident>) {
+        let finishing = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, finishing)
+            .await
+            .is_err()
+        {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        while let Ok(incident) = incidents.try_recv() {
+            self.stdout.push(&incident);
+        }
+        self.stdout.flush();
+    }
+
+    /// Starts the incident (and recovery) of a death in a service that may have failed it.
+    fn unit_death(&mut self, record: ExitRecord) {
+        let service = |u: &Option<String>| u.as_deref().is_some_and(|u| u.ends_with(".service"));
+        let unit = match (&record.user_unit, &record.unit) {
+            (Some(_), _) if service(&record.user_unit) => record.user_unit.clone(),
+            (None, _) if service(&record.unit) => record.unit.clone(),
+            _ => None,
+        };
+        let Some(unit) = unit else { return };
+        // A unit's main and control processes are the manager's children (daemons that fork
+        // are reparented to it, PID 1 being their subreaper): with the manager's pid known, any
+        // other death is a worker's, which does not fail the unit. User units have their own
+        // manager, whose pid we do not track: the journal decides for them.
+        let from_manager = record.user_unit.is_none()
+            && self
+                .manager_pid
+                .is_some_and(|m| i64::from(record.ppid) == i64::from(m));
+        if self.manager_pid.is_some() && record.user_unit.is_none() && !from_manager {
+            return;
+        }
+        let policy = self.recovery.config().policy(&unit);
+        let provisional = causes::classify(
+            &record,
+            &[],
+            &[],
+            causes::Context {
+                uptime: None,
+                startup_grace: policy.map_or(Duration::ZERO, |p| p.startup_grace),
+            },
+        );
+        let collected = Collected {
+            invocation_id: record.invocation_id.clone(),
+            ..Collected::default()
+        };
+        let incident = Incident::from_death(&unit, &record, collected, provisional);
+        let progress = Progress::new(incident, self.incidents.clone());
+        let (answer, journaled) = oneshot::channel();
+        // Sending fails only without a journal thread; the incident then goes out without lines.
+        let _ = self.journal.send((record.clone(), answer));
+        self.tasks.spawn(recovery::handle(
+            Arc::clone(&self.recovery),
+            unit,
+            record,
+            journaled,
+            from_manager,
+            progress,
+        ));
     }
 }
 
@@ -296,28 +383,30 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let (incidents_tx, mut incidents) = tokio::sync::mpsc::unbounded_channel();
-    let journal = journal::spawn(
-        journal::Options {
-            root: options.root.clone(),
-            lines: options.journal_lines,
-            wait: JOURNAL_WAIT,
-            config: std::sync::Arc::new(options.config.clone()),
-            manager_root: manager_root.clone(),
-            // Without the manager's pid (a container watching /host), our own network namespace
-            // is the best guess: such daemons run with the host's network.
-            netns_pid: manager_pid(&options.root)
-                .unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
-        },
-        incidents_tx,
-    );
+    let config = Arc::new(options.config.clone());
+    let journal = journal::spawn(journal::Options {
+        root: options.root.clone(),
+        lines: options.journal_lines,
+        wait: JOURNAL_WAIT,
+        config: Arc::clone(&config),
+        manager_root: manager_root.clone(),
+        // Without the manager's pid (a container watching /host), our own network namespace
+        // is the best guess: such daemons run with the host's network.
+        netns_pid: manager_pid(&options.root)
+            .unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
+    });
+    let bus = connect_and_check_units(&options.root, &options.config).await;
     let mut pipeline = Pipeline {
         journal,
+        recovery: Arc::new(Recovery::new(options.root.clone(), config, bus)),
+        tasks: JoinSet::new(),
+        incidents: incidents_tx,
+        manager_pid: manager_pid(&options.root),
         cgroups: CgroupResolver::discover(manager_root.clone()),
         stdout: sinks::Stdout::default(),
         received: 0,
         undecodable: 0,
     };
-    check_configured_units(&options.root, &options.config).await;
     // After the probes: a cgroup created during the scan is also in the ring buffer.
     let known = pipeline.cgroups.scan();
     tracing::debug!(cgroups = known, "learned the cgroup2 tree");
@@ -351,12 +440,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 pipeline.stdout.push(&incident);
                 pipeline.stdout.flush();
             }
+            Some(done) = pipeline.tasks.join_next(), if !pipeline.tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "an incident's task failed");
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
-    // Whatever the kernel wrote before we were told to stop still gets out.
     pipeline.drain(ring.get_mut());
+    pipeline.finish_incidents(&mut incidents).await;
     summarise(&pipeline, &counters, &previous);
     Ok(())
 }

@@ -21,7 +21,7 @@ use std::{
 
 use detector_common::wait::WaitStatus;
 use systemd::journal::{Journal, OpenDirectoryOptions};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
 use crate::{
     causes::{self, Rule},
@@ -100,17 +100,17 @@ fn exit_fields(wait_status: u32) -> (&'static str, String) {
     }
 }
 
-/// Waits for PID 1's "Main process exited" for `unit`, with this death's status, at or after
-/// `died_us` (realtime µs); returns its `INVOCATION_ID` when it comes. The message names no pid:
+/// Waits for PID 1's "Main process exited" for `unit`, with this death's status (and run, when
+/// known), at or after `died_us` (realtime µs); returns its `INVOCATION_ID` when it comes. The message names no pid:
 /// the status is what tells the main process's death from a worker's just before it.
 fn await_exit(
     j: &mut Journal,
     unit: &str,
-    wait_status: u32,
+    record: &ExitRecord,
     died_us: u64,
     deadline: Instant,
 ) -> Result<Option<String>, systemd::Error> {
-    let (code, status) = exit_fields(wait_status);
+    let (code, status) = exit_fields(record.wait_status);
     loop {
         j.match_flush()?;
         j.match_add("MESSAGE_ID", PROCESS_EXIT)?;
@@ -118,6 +118,11 @@ fn await_exit(
         j.match_add("_PID", "1")?;
         j.match_add("EXIT_CODE", code)?;
         j.match_add("EXIT_STATUS", status.as_str())?;
+        // The run read from the unit's cgroup at the death: a unit restarted at once can fail
+        // the same way again within the clocks' slack below, and only this tells the runs apart.
+        if let Some(id) = &record.invocation_id {
+            j.match_add("INVOCATION_ID", id.as_str())?;
+        }
         j.seek_tail()?;
         // The newest such message; entries are stamped by journald, so allow the two clocks a
         // second of disagreement.
@@ -190,7 +195,7 @@ fn collect(
 ) -> Result<Collected, systemd::Error> {
     let died_us = clock.realtime_us(record.ktime_ns);
     let deadline = Instant::now() + options.wait;
-    let exit = await_exit(j, unit, record.wait_status, died_us, deadline)?;
+    let exit = await_exit(j, unit, record, died_us, deadline)?;
     let main_process = exit.is_some();
     let invocation_id = exit
         .filter(|id| !id.is_empty())
@@ -211,6 +216,19 @@ fn collect(
     })
 }
 
+/// The journal thread's answer for one death.
+#[derive(Debug)]
+pub struct Journaled {
+    /// PID 1 said the death was its unit's main process: the unit failed. False also when PID 1
+    /// said nothing within the wait.
+    pub main_process: bool,
+    /// The incident as the journal tells it: run, cause, lines, port holder.
+    pub incident: Incident,
+}
+
+/// A death for the journal thread, and where its answer goes.
+pub type Request = (ExitRecord, oneshot::Sender<Journaled>);
+
 /// What the journal thread keeps between deaths.
 struct Reader {
     options: Options,
@@ -221,8 +239,8 @@ struct Reader {
 }
 
 impl Reader {
-    /// The incident for `record`, or None when the death did not fail its unit.
-    fn incident(&mut self, unit: &str, record: &ExitRecord) -> Option<Incident> {
+    /// What the journal says about `record`'s death in `unit`.
+    fn incident(&mut self, unit: &str, record: &ExitRecord) -> Journaled {
         if self.journal.is_none() {
             match open(&self.options.root) {
                 Ok(j) => self.journal = Some(j),
@@ -257,13 +275,13 @@ impl Reader {
             }
             None => unread(),
         };
-        if !collected.main_process {
+        let main_process = collected.main_process;
+        if !main_process {
             tracing::debug!(
                 unit,
                 pid = record.pid,
-                "not the unit's main process: no incident"
+                "PID 1 did not report it as the unit's main process"
             );
-            return None;
         }
         let died_us = clock.realtime_us(record.ktime_ns);
         let uptime = collected
@@ -287,7 +305,10 @@ impl Reader {
                     .and_then(|h| h.url.port_or_known_default()),
             );
         }
-        Some(incident)
+        Journaled {
+            main_process,
+            incident,
+        }
     }
 
     /// Names the process and unit holding the port a `port_in_use` failure wanted: the port from
@@ -319,13 +340,12 @@ impl Reader {
     }
 }
 
-/// Starts the journal thread. Deaths in units go in on the returned sender; an incident comes out
-/// on `incidents` for each one that failed its unit. A journal that cannot be opened or read is
-/// logged, and the incident then goes out without lines (and for every death in a service, since
-/// we cannot tell the main process).
+/// Starts the journal thread. Deaths in units go in on the returned sender with a channel for
+/// the answer. A journal that cannot be opened or read is logged, and the answer then has no
+/// lines (and counts every death in a service as the main process's, since we cannot tell).
 #[must_use]
-pub fn spawn(options: Options, incidents: UnboundedSender<Incident>) -> mpsc::Sender<ExitRecord> {
-    let (tx, rx) = mpsc::channel::<ExitRecord>();
+pub fn spawn(options: Options) -> mpsc::Sender<Request> {
+    let (tx, rx) = mpsc::channel::<Request>();
     let mut rules = options.config.rules.clone();
     rules.extend(causes::builtin());
     // sd-journal handles must stay on the thread that opened them: build the reader there.
@@ -338,19 +358,16 @@ pub fn spawn(options: Options, incidents: UnboundedSender<Incident>) -> mpsc::Se
                 journal: None,
                 last_error: String::new(),
             };
-            for record in rx {
+            for (record, answer) in rx {
                 let Some(unit) = record.user_unit.clone().or_else(|| record.unit.clone()) else {
                     continue;
                 };
-                if let Some(incident) = reader.incident(&unit, &record)
-                    && incidents.send(incident).is_err()
-                {
-                    return;
-                }
+                // Nobody waiting any more (the daemon is stopping) is not an error.
+                let _ = answer.send(reader.incident(&unit, &record));
             }
         });
     if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the journal thread; no incidents will be written");
+        tracing::error!(error = %e, "cannot start the journal thread; incidents go out without journal lines");
     }
     tx
 }

@@ -4,15 +4,27 @@ DEMO_MODE: ok (serve), import (a module missing after a deploy), exception (a st
 raises), env (a required environment variable is unset), segv (a native crash), hog (serve,
 and allocate 1 MiB every 20 ms until stopped: for OOM tests).
 DEMO_PORT: the port to listen on (default 8000); a second service on a taken port fails to bind.
+DEMO_FAIL_ONCE: a file; when set, only the run that creates it fails in DEMO_MODE, and the runs
+after it serve: a transient failure that a restart cures.
+DEMO_STARTUP_DELAY: seconds to spend starting up before anything else (default 0).
 GET /health answers 200.
 """
 
 import http.server
 import os
 import sys
+import time
 
 mode = os.environ.get("DEMO_MODE", "ok")
+once = os.environ.get("DEMO_FAIL_ONCE")
+if once:
+    try:
+        open(once, "x").close()
+    except FileExistsError:
+        mode = "ok"
 print(f"demo starting, mode={mode}", flush=True)
+
+time.sleep(float(os.environ.get("DEMO_STARTUP_DELAY", "0")))
 
 if mode == "import":
     import fastapi_settings_plugin  # noqa: F401  (not installed: ModuleNotFoundError)
@@ -42,7 +54,6 @@ server = http.server.HTTPServer(("127.0.0.1", port), Handler)
 print(f"listening on 127.0.0.1:{port}", file=sys.stderr, flush=True)
 if mode == "hog":
     import threading
-    import time
 
     def hog():
         hoard = []

@@ -147,12 +147,58 @@ fn a_worker_death_is_not_a_unit_failure() {
     );
 }
 
-/// A unit running the demo service (tests/demo/app.py) in `mode`.
-/// The machines share the host's network: the tests use ports unlikely to be taken there.
-fn demo(mode: &str, extra: &str) -> String {
+/// A unit running the demo service (tests/demo/app.py) in `mode` on `port`.
+/// The machines share the host's network: the tests use ports 18000-18009, unlikely to be taken
+/// there.
+fn demo(mode: &str, port: u16, extra: &str) -> String {
     format!(
-        "[Service]\nEnvironment=DEMO_MODE={mode} DEMO_PORT=18000\n{extra}ExecStart=/usr/bin/python3 /opt/demo/app.py\n"
+        "[Service]\nEnvironment=DEMO_MODE={mode} DEMO_PORT={port}\n{extra}ExecStart=/usr/bin/python3 /opt/demo/app.py\n"
     )
+}
+
+/// A policy for `unit`, health-checked on `port` (deadline 20 s, polled every 50 ms).
+fn policy(unit: &str, restart: &str, port: u16) -> String {
+    format!(
+        "[[unit]]\nname = \"{unit}\"\nrestart = \"{restart}\"\nhealth = {{ url = \"http://127.0.0.1:{port}/health\", interval = \"50ms\", deadline = \"20s\" }}\n\n"
+    )
+}
+
+/// The steps of an incident's timeline, in order.
+fn steps(incident: &Value) -> Vec<&str> {
+    incident["timeline"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no timeline: {incident}"))
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or_default())
+        .collect()
+}
+
+/// The incident shows the policy carried out: `action`, and `want` as the timeline's steps.
+fn check_recovery(incident: &Value, action: &str, want: &[&str]) {
+    assert_eq!(
+        (incident["action"].as_str(), steps(incident)),
+        (Some(action), want.to_vec()),
+        "{incident}"
+    );
+    let ms = |field: &str| incident[field].as_f64();
+    if want.contains(&"health_ok") {
+        // Each duration is positive, and each step no earlier than the one before.
+        let (restart, active, healthy) = (
+            ms("crash_to_restart_ms"),
+            ms("crash_to_active_ms"),
+            ms("crash_to_healthy_ms"),
+        );
+        assert!(
+            matches!((restart, active, healthy), (Some(r), Some(a), Some(h)) if 0.0 < r && r <= a && a <= h),
+            "{incident}"
+        );
+    } else if action == "reported" {
+        assert_eq!(
+            (ms("crash_to_restart_ms"), ms("crash_to_healthy_ms")),
+            (None, None),
+            "{incident}"
+        );
+    }
 }
 
 fn incident_for(daemon: &Daemon, unit: &str) -> Value {
@@ -193,7 +239,7 @@ fn check_port_in_use(machine: &Machine, daemon: &Daemon) {
 }
 
 /// Killed by another process: a shell's `kill` inside the machine.
-fn check_killed_by_another(machine: &Machine, daemon: &Daemon) {
+fn check_killed_by_another(machine: &Machine, daemon: &Daemon) -> Value {
     machine.systemctl(&["start", "demo-victim.service"]);
     machine.wait_healthy("http://127.0.0.1:18001/health");
     let main = machine.run(&[
@@ -215,55 +261,91 @@ fn check_killed_by_another(machine: &Machine, daemon: &Daemon) {
         detail.starts_with("killed by SIGKILL sent by sh (pid "),
         "{victim}"
     );
+    victim
+}
+
+/// The units of the common failures, each on its own port.
+fn common_failure_units() -> [(&'static str, String); 7] {
+    let once = |name: &str| format!("Environment=DEMO_FAIL_ONCE=/run/{name}.failed\n");
+    [
+        ("demo-import.service", demo("import", 18002, "")),
+        (
+            "demo-exception.service",
+            demo("exception", 18003, &once("exception")),
+        ),
+        ("demo-env.service", demo("env", 18004, "")),
+        ("demo-holder.service", demo("ok", 18000, "")),
+        ("demo-port.service", demo("ok", 18000, "")),
+        // The seed's unit: systemd itself would restart it, but only after 5 s.
+        (
+            "demo-segv.service",
+            demo(
+                "segv",
+                18005,
+                &format!("{}Restart=on-failure\nRestartSec=5\n", once("segv")),
+            ),
+        ),
+        (
+            "demo-victim.service",
+            demo("ok", 18001, "Restart=on-failure\nRestartSec=1\n"),
+        ),
+    ]
 }
 
 #[test]
-fn common_failures_are_named() {
+fn common_failures_are_named_and_recovered_as_the_policy_says() {
     let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
-    let units = [
-        ("demo-import.service", demo("import", "")),
-        ("demo-exception.service", demo("exception", "")),
-        ("demo-env.service", demo("env", "")),
-        ("demo-holder.service", demo("ok", "")),
-        ("demo-port.service", demo("ok", "")),
-        ("demo-segv.service", demo("segv", "")),
-        (
-            "demo-victim.service",
-            demo("ok", "Environment=DEMO_PORT=18001\n"),
-        ),
-    ];
+    let units = common_failure_units();
     let units: Vec<(&str, &str)> = units.iter().map(|(n, c)| (*n, c.as_str())).collect();
     let machine = Machine::boot_with(&units, &[(app, "/opt/demo/app.py")]);
-    let daemon = Daemon::start_with(&["--root", &machine.root()]);
+    let config = [
+        policy("demo-import.service", "report", 18002),
+        policy("demo-exception.service", "restart", 18003),
+        policy("demo-segv.service", "expedite", 18005),
+        policy("demo-victim.service", "restart", 18001),
+    ]
+    .concat();
+    let (daemon, _config) = machine.watch_with_config(&config);
     check_port_in_use(&machine, &daemon);
-    // (unit, cause, start of the detail, a line the journal must show)
+    let restarted = ["detected", "restart_requested", "unit_active", "health_ok"];
+    // (unit, cause, start of the detail, a line the journal must show, action, steps)
     let cases = [
         (
             "demo-import.service",
             "missing_dependency",
             "Python module 'fastapi_settings_plugin' is not installed",
             "ModuleNotFoundError: No module named 'fastapi_settings_plugin'",
+            "reported",
+            &["detected"][..],
         ),
         (
             "demo-env.service",
             "missing_env",
             "environment variable DATABASE_URL is not set",
             "KeyError: 'DATABASE_URL'",
+            "reported",
+            &["detected"],
         ),
+        // Restart=no: systemd leaves it down, detector restarts it.
         (
             "demo-exception.service",
             "startup_failure",
             "exited with status 1 ",
             "RuntimeError: startup hook failed: cannot load settings",
+            "restarted",
+            &restarted,
         ),
+        // expedite: restarted at once instead of after RestartSec=5.
         (
             "demo-segv.service",
             "signal",
             "killed by SIGSEGV raised by the kernel (a fault in the process)",
             "mode=segv",
+            "restarted",
+            &restarted,
         ),
     ];
-    for (unit, cause, detail, line) in cases {
+    for (unit, cause, detail, line, action, want) in cases {
         machine.systemctl(&["start", "--no-block", unit]);
         let incident = incident_for(&daemon, unit);
         assert_eq!(incident["cause"], cause, "{incident}");
@@ -277,18 +359,102 @@ fn common_failures_are_named() {
             journal_has(&incident, line),
             "journal lacks {line:?}: {incident}"
         );
+        check_recovery(&incident, action, want);
     }
-    check_killed_by_another(&machine, &daemon);
+    // The port's would-be second user and the units that recovered, as systemd sees them now.
+    let port = incident_for(&daemon, "demo-port.service");
+    check_recovery(&port, "reported", &["detected"]);
+    for (unit, state) in [
+        ("demo-exception.service", "active"),
+        ("demo-segv.service", "active"),
+        ("demo-import.service", "failed"),
+    ] {
+        let out = machine.run(&["systemctl", "is-active", unit]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), state, "{unit}");
+    }
+    let victim = check_killed_by_another(&machine, &daemon);
+    // Restart=on-failure brings it back after 1 s; detector watches rather than restarting.
+    check_recovery(
+        &victim,
+        "watched",
+        &["detected", "unit_active", "health_ok"],
+    );
+}
+
+/// A unit that fails at every start, under `expedite` with a crash-loop limit of two restarts:
+/// restarted at once, then after a back-off, then given up.
+#[test]
+fn a_crash_loop_is_given_up() {
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
+    let machine = Machine::boot_with(
+        // Half a second of startup: each restarted run is seen active before it fails.
+        &[(
+            "demo-loop.service",
+            &demo("env", 18006, "Environment=DEMO_STARTUP_DELAY=0.5\n"),
+        )],
+        &[(app, "/opt/demo/app.py")],
+    );
+    let config = format!(
+        "{}\ncrash_loop = {{ max_restarts = 2, window = \"1m\", backoff = \"300ms\" }}\n",
+        policy("demo-loop.service", "expedite", 18006).trim_end()
+    );
+    let (daemon, _config) = machine.watch_with_config(&config);
+    machine.systemctl(&["start", "--no-block", "demo-loop.service"]);
+    let is_loop = |r: &Value| r["kind"] == "incident" && r["unit"] == "demo-loop.service";
+    daemon.wait_for_count("three incidents of the loop", 3, is_loop);
+    let (records, _) = daemon.stop();
+    let incidents: Vec<&Value> = records.iter().filter(|r| is_loop(r)).collect();
+    assert_eq!(incidents.len(), 3, "{incidents:?}");
+    let first = ["detected", "restart_requested", "unit_active", "died_again"];
+    let second = [
+        "detected",
+        "backoff",
+        "restart_requested",
+        "unit_active",
+        "died_again",
+    ];
+    for (incident, action, want) in [
+        (incidents[0], "restarted", &first[..]),
+        (incidents[1], "restarted", &second),
+        (incidents[2], "gave_up", &["detected", "gave_up"]),
+    ] {
+        assert_eq!(incident["cause"], "missing_env", "{incident}");
+        assert!(
+            journal_has(incident, "KeyError: 'DATABASE_URL'"),
+            "{incident}"
+        );
+        check_recovery(incident, action, want);
+    }
+    // Three runs, each its own incident.
+    let runs: std::collections::HashSet<&str> = incidents
+        .iter()
+        .filter_map(|i| i["invocation_id"].as_str())
+        .collect();
+    assert_eq!(runs.len(), 3, "{incidents:?}");
+    let gave_up = &incidents[2]["timeline"][1]["detail"];
+    assert!(
+        gave_up
+            .as_str()
+            .is_some_and(|d| d.starts_with("2 restarts within 60s")),
+        "{gave_up}"
+    );
+    let out = machine.run(&["systemctl", "is-active", "demo-loop.service"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "failed");
 }
 
 #[test]
 fn oom_kill_in_a_unit_is_named() {
     let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
+    // Fails once: the run after the restart serves without hoarding.
     let machine = Machine::boot_with(
-        &[("demo-hog.service", &demo("hog", ""))],
+        &[(
+            "demo-hog.service",
+            &demo("hog", 18007, "Environment=DEMO_FAIL_ONCE=/run/hog.failed\n"),
+        )],
         &[(app, "/opt/demo/app.py")],
     );
-    let daemon = Daemon::start_with(&["--root", &machine.root()]);
+    let (daemon, _config) =
+        machine.watch_with_config(&policy("demo-hog.service", "expedite", 18007));
     machine.systemctl(&["start", "demo-hog.service"]);
     // The unit's process moves into a host cgroup v1 memory cgroup with a 96 MiB limit; its
     // growing hoard then meets the OOM killer.
@@ -326,6 +492,11 @@ fn oom_kill_in_a_unit_is_named() {
                 .as_str()
                 .is_some_and(|l| l.contains("code=killed, status=9/KILL")))),
         "{incident}"
+    );
+    check_recovery(
+        &incident,
+        "restarted",
+        &["detected", "restart_requested", "unit_active", "health_ok"],
     );
 }
 
