@@ -92,6 +92,18 @@ pub struct UnitState {
     pub result: Option<String>,
 }
 
+/// Whether a unit's PropertiesChanged signal says it is no longer active.
+fn left_active(signal: &zbus::fdo::PropertiesChanged) -> bool {
+    signal.args().is_ok_and(|args| {
+        args.interface_name().as_str() == "org.freedesktop.systemd1.Unit"
+            && args
+                .changed_properties()
+                .get("ActiveState")
+                .and_then(|v| <&str>::try_from(v).ok())
+                .is_some_and(|state| state != "active")
+    })
+}
+
 /// Turns a bus error about `unit` into an [`ActionError`] saying what systemd could not do.
 fn unit_error(unit: &str, what: &'static str) -> impl FnOnce(zbus::Error) -> ActionError {
     let unit = unit.to_owned();
@@ -115,12 +127,16 @@ pub struct Systemd {
     connection: zbus::Connection,
     /// Built once: a restart is one round trip.
     manager: ManagerProxy<'static>,
+    /// Units' object paths, asked once (`LoadUnit`): a unit's path never changes.
+    paths: std::sync::Mutex<std::collections::HashMap<String, OwnedObjectPath>>,
 }
 
 /// How long connecting may take: a bus that hangs is as good as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// While waiting on a unit, its state is read again at least this often, signal or not.
 const REREAD: Duration = Duration::from_millis(250);
+/// As [`REREAD`], while waiting for systemd to reap a main process, which takes a millisecond.
+const REAP_REREAD: Duration = Duration::from_millis(5);
 
 fn hex(bytes: &[u8]) -> Option<String> {
     use std::fmt::Write as _;
@@ -153,6 +169,7 @@ impl Systemd {
             Ok::<_, zbus::Error>(Self {
                 connection,
                 manager,
+                paths: std::sync::Mutex::default(),
             })
         };
         let systemd = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
@@ -175,7 +192,7 @@ impl Systemd {
     /// The state of `unit` (loading it if systemd has not yet).
     pub async fn unit(&self, unit: &str) -> Result<UnitState, ActionError> {
         let err = |what| unit_error(unit, what);
-        let path = self.manager.load_unit(unit).await.map_err(err("load"))?;
+        let path = self.path(unit).await?;
         let proxy = UnitProxy::builder(&self.connection)
             .path(path.clone())
             .build()
@@ -211,7 +228,7 @@ impl Systemd {
     /// The unit's `Restart=` setting (`no`, `on-failure`, ...), for services.
     pub async fn restart_setting(&self, unit: &str) -> Result<String, ActionError> {
         let err = |what| unit_error(unit, what);
-        let path = self.manager.load_unit(unit).await.map_err(err("load"))?;
+        let path = self.path(unit).await?;
         let service = ServiceProxy::builder(&self.connection)
             .path(path)
             .cache_properties(CacheProperties::No)
@@ -230,19 +247,83 @@ impl Systemd {
             .map_err(unit_error(unit, "reset the failed state of"))
     }
 
-    /// Waits until `unit` is active in a run other than `old` (whose main process was
-    /// `old_pid`), or is down with nothing pending, or `until` passes. Woken by the unit's
-    /// PropertiesChanged signals; reads the state again at least every [`REREAD`] in case a
-    /// signal is missed.
-    pub async fn settle(
+    /// Waits until systemd has handled the death of a main or control process of `unit`'s
+    /// run `old`: the unit is no longer active, or active in another run; or `until`. A restart
+    /// requested before that races systemd's own handling of the death: on systemd 252 such a
+    /// restart was seen to wait out the unit's `RestartSec=` after all, while one requested once
+    /// the unit is in `auto-restart` replaces the wait (the job stops the unit,
+    /// `auto-restart -> dead`, then starts it). (Not `MainPID`: systemd gives it in its own pid
+    /// namespace, which is not ours when it runs in a container.)
+    pub async fn await_reaped(
         &self,
         unit: &str,
         old: Option<&str>,
-        old_pid: u32,
         until: Instant,
-    ) -> Result<Settled, ActionError> {
+    ) -> Result<(), ActionError> {
         let err = |what| unit_error(unit, what);
-        let path = self.manager.load_unit(unit).await.map_err(err("load"))?;
+        let path = self.path(unit).await?;
+        let mut changes = self.changes(unit, &path).await?;
+        let proxy = UnitProxy::builder(&self.connection)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err("address"))?;
+        while proxy
+            .active_state()
+            .await
+            .map_err(err("read the state of"))?
+            == "active"
+        {
+            let now = proxy.invocation_id().await.ok().as_deref().and_then(hex);
+            if old.is_some_and(|old| now.as_deref() != Some(old)) {
+                break;
+            }
+            let reread = (Instant::now() + REAP_REREAD).min(until);
+            let woke = tokio::time::timeout_at(reread, changes.next()).await;
+            if Instant::now() >= until {
+                break;
+            }
+            match woke {
+                // The signal carries the new state: no need to ask for it.
+                Ok(Some(signal)) if left_active(&signal) => break,
+                Ok(None) => tokio::time::sleep_until(reread).await,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The object path of `unit`, loading the unit if systemd has not yet.
+    async fn path(&self, unit: &str) -> Result<OwnedObjectPath, ActionError> {
+        let known = self
+            .paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(unit)
+            .cloned();
+        if let Some(path) = known {
+            return Ok(path);
+        }
+        let path = self
+            .manager
+            .load_unit(unit)
+            .await
+            .map_err(unit_error(unit, "load"))?;
+        self.paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(unit.to_owned(), path.clone());
+        Ok(path)
+    }
+
+    /// The unit's PropertiesChanged signals.
+    async fn changes(
+        &self,
+        unit: &str,
+        path: &OwnedObjectPath,
+    ) -> Result<zbus::fdo::PropertiesChangedStream, ActionError> {
+        let err = |what| unit_error(unit, what);
         let properties = zbus::fdo::PropertiesProxy::builder(&self.connection)
             .destination("org.freedesktop.systemd1")
             .path(path.clone())
@@ -250,11 +331,27 @@ impl Systemd {
             .build()
             .await
             .map_err(err("address"))?;
-        // Subscribed before the first read: a change in between still wakes us.
-        let mut changes = properties
+        properties
             .receive_properties_changed()
             .await
-            .map_err(err("watch"))?;
+            .map_err(err("watch"))
+    }
+
+    /// Waits until `unit` is active in a run other than `old` (any run when `old` is unknown:
+    /// call [`Systemd::await_reaped`] first), or is down with nothing pending, or `until`
+    /// passes. Woken by the unit's
+    /// PropertiesChanged signals; reads the state again at least every [`REREAD`] in case a
+    /// signal is missed.
+    pub async fn settle(
+        &self,
+        unit: &str,
+        old: Option<&str>,
+        until: Instant,
+    ) -> Result<Settled, ActionError> {
+        let err = |what| unit_error(unit, what);
+        let path = self.path(unit).await?;
+        // Subscribed before the first read: a change in between still wakes us.
+        let mut changes = self.changes(unit, &path).await?;
         let proxy = UnitProxy::builder(&self.connection)
             .path(path.clone())
             .cache_properties(CacheProperties::No)
@@ -276,14 +373,7 @@ impl Systemd {
             let sub = proxy.sub_state().await.map_err(err("read the state of"))?;
             if active == "active" {
                 let invocation_id = proxy.invocation_id().await.ok().as_deref().and_then(hex);
-                // Until systemd has reaped the dead process, the old run still looks active.
-                let main_pid = if is_service {
-                    service.main_pid().await.unwrap_or(0)
-                } else {
-                    0
-                };
-                let new_run = old.is_none_or(|o| invocation_id.as_deref() != Some(o));
-                if new_run && main_pid != old_pid {
+                if old.is_none_or(|o| invocation_id.as_deref() != Some(o)) {
                     return Ok(Settled::Active { invocation_id });
                 }
             }

@@ -206,6 +206,8 @@ struct Pipeline {
     incidents: UnboundedSender<Incident>,
     /// The watched systemd's PID 1, in our pid namespace, when known.
     manager_pid: Option<i32>,
+    /// A recovery was started during this drain.
+    urgent: bool,
     cgroups: CgroupResolver,
     stdout: sinks::Stdout,
     received: u64,
@@ -216,7 +218,11 @@ impl Pipeline {
     /// Drains, then keeps draining every [`BUSY_PAUSE`] while records keep coming.
     fn drain_burst(&mut self, ring: &mut RingBuf<MapData>) {
         let start = std::time::Instant::now();
-        while self.drain(ring) > 0 && start.elapsed() < BUSY_MAX {
+        // A death to act on ends the stretch at once: its recovery runs on this thread.
+        while self.drain(ring) > 0
+            && !std::mem::take(&mut self.urgent)
+            && start.elapsed() < BUSY_MAX
+        {
             // A blocking pause on purpose: tokio's timers have millisecond resolution, and this
             // runtime serves nothing else that could starve in 100 µs.
             std::thread::sleep(BUSY_PAUSE);
@@ -298,6 +304,7 @@ impl Pipeline {
             return;
         }
         let policy = self.recovery.config().policy(&unit);
+        self.urgent |= from_manager && policy.is_some_and(|p| p.restart != RestartMode::Report);
         let provisional = causes::classify(
             &record,
             &[],
@@ -402,6 +409,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tasks: JoinSet::new(),
         incidents: incidents_tx,
         manager_pid: manager_pid(&options.root),
+        urgent: false,
         cgroups: CgroupResolver::discover(manager_root.clone()),
         stdout: sinks::Stdout::default(),
         received: 0,

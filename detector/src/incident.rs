@@ -176,7 +176,13 @@ impl Progress {
     /// Adds a step now; returns how long after the death it came, in ms.
     #[must_use]
     pub fn timed_step(&self, step: &'static str, detail: Option<String>) -> f64 {
-        let now = clock::monotonic_ns();
+        self.timed_step_at(clock::monotonic_ns(), step, detail)
+    }
+
+    /// Adds a step that happened at `now` (CLOCK_MONOTONIC ns); returns how long after the
+    /// death it came, in ms.
+    #[must_use]
+    pub fn timed_step_at(&self, now: u64, step: &'static str, detail: Option<String>) -> f64 {
         self.with(|i| {
             i.timeline.push(Step {
                 at: Clock::now().rfc3339(now),

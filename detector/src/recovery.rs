@@ -21,6 +21,7 @@ use tokio::{
 
 use crate::{
     actions::{ActionError, Settled, Systemd},
+    clock,
     config::{Config, RestartMode, UnitPolicy},
     health::{self, Verdict},
     incident::{Action, Progress},
@@ -32,6 +33,9 @@ use crate::{
 /// How long a unit may take to come back when neither its health check's deadline nor its
 /// `RestartSec=` says.
 const ACTIVE_WAIT: Duration = Duration::from_secs(30);
+/// How long a restart waits for systemd to handle the death first (it takes a millisecond; a
+/// control process's death leaves `MainPID` alone and does not wait at all).
+const REAP_WAIT: Duration = Duration::from_secs(1);
 /// Added to `RestartSec=` when watching systemd's own restart: its timer, then the start.
 const WATCH_MARGIN: Duration = Duration::from_secs(30);
 
@@ -187,9 +191,16 @@ impl Recovery {
             .ok()
             .and_then(|s| s.restart_sec)
             .unwrap_or_default();
+        let old = record.invocation_id.as_deref();
+        if let Err(e) = bus
+            .await_reaped(unit, old, Instant::now() + REAP_WAIT)
+            .await
+        {
+            return Ok(self.failure(progress, &e).await);
+        }
         let until = Instant::now() + restart_sec + WATCH_MARGIN;
         match bus
-            .settle(unit, record.invocation_id.as_deref(), record.pid, until)
+            .settle(unit, record.invocation_id.as_deref(), until)
             .await
         {
             Ok(Settled::Active { .. }) => {
@@ -258,9 +269,7 @@ impl Recovery {
             );
             tokio::time::sleep(delay).await;
             // systemd's own Restart= may have been quicker.
-            if let Ok(Settled::Active { .. }) =
-                bus.settle(unit, old, record.pid, Instant::now()).await
-            {
+            if let Ok(Settled::Active { .. }) = bus.settle(unit, old, Instant::now()).await {
                 self.restarted(unit);
                 let ms = progress.timed_step(
                     "unit_active",
@@ -275,14 +284,24 @@ impl Recovery {
                 return Ok(Action::Watched);
             }
         }
+        if let Err(e) = bus
+            .await_reaped(unit, old, Instant::now() + REAP_WAIT)
+            .await
+        {
+            return Ok(self.failure(progress, &e).await);
+        }
         let until = Instant::now() + policy.health.as_ref().map_or(ACTIVE_WAIT, |h| h.deadline);
         let mut reset = false;
         loop {
+            // The step is when we asked; systemd's answer (the job enqueued) follows a round
+            // trip later.
+            let asked = clock::monotonic_ns();
             if let Err(e) = bus.restart(unit).await {
                 return Ok(self.failure(progress, &e).await);
             }
             self.restarted(unit);
-            let ms = progress.timed_step(
+            let ms = progress.timed_step_at(
+                asked,
                 "restart_requested",
                 reset.then(|| "after clearing systemd's start limit (reset-failed)".to_owned()),
             );
@@ -291,7 +310,7 @@ impl Recovery {
                 i.action = Action::Restarted;
                 i.crash_to_restart_ms.get_or_insert(ms);
             });
-            match bus.settle(unit, old, record.pid, until).await {
+            match bus.settle(unit, old, until).await {
                 Ok(Settled::Active { .. }) => break,
                 Ok(Settled::Down { result }) if result == "start-limit-hit" && !reset => {
                     reset = true;
