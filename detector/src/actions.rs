@@ -133,6 +133,8 @@ pub struct Systemd {
 
 /// How long connecting may take: a bus that hangs is as good as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long any one call to systemd may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// While waiting on a unit, its state is read again at least this often, signal or not.
 const REREAD: Duration = Duration::from_millis(250);
 /// As [`REREAD`], while waiting for systemd to reap a main process, which takes a millisecond.
@@ -157,8 +159,10 @@ impl Systemd {
             .join("run/dbus/system_bus_socket")
             .display()
             .to_string();
-        let build =
-            zbus::connection::Builder::address(format!("unix:path={socket}").as_str()).build();
+        // A systemd that stops answering must not hold a recovery forever.
+        let build = zbus::connection::Builder::address(format!("unix:path={socket}").as_str())
+            .method_timeout(CALL_TIMEOUT)
+            .build();
         let connect = async {
             let connection = build.await?;
             // Properties are read fresh each time: the cache would wait on signals.

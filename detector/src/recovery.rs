@@ -53,7 +53,8 @@ pub struct Recovery {
     config: Arc<Config>,
     bus: tokio::sync::Mutex<Option<Arc<Systemd>>>,
     units: Mutex<HashMap<String, Track>>,
-    http: reqwest::Client,
+    /// Made at the first health check: a daemon without any costs no memory for it.
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 /// A recovery was cut short by the unit failing again.
@@ -67,7 +68,7 @@ impl Recovery {
             config,
             bus: tokio::sync::Mutex::new(bus.map(Arc::new)),
             units: Mutex::new(HashMap::new()),
-            http: health::client(),
+            http: std::sync::OnceLock::new(),
         }
     }
 
@@ -349,7 +350,7 @@ impl Recovery {
             return;
         };
         let until = Instant::now() + health.deadline;
-        match health::wait_healthy(&self.http, health, until).await {
+        match health::wait_healthy(self.http.get_or_init(health::client), health, until).await {
             Verdict::Healthy { attempts } => {
                 let ms = progress.timed_step(
                     "health_ok",
@@ -372,16 +373,13 @@ impl Recovery {
         }
     }
 
-    /// A bus or systemd error: say it in the timeline and the log; reconnect next time.
+    /// A bus or systemd error: say it in the timeline and the log. The next failure connects
+    /// afresh: the error may be the connection's (a bus restarted, a machine rebooted), and a
+    /// new connection costs a millisecond.
     async fn failure(&self, progress: &Progress, error: &ActionError) -> Action {
         tracing::warn!("{error}");
         progress.step("restart_failed", Some(error.to_string()));
-        if matches!(
-            error,
-            ActionError::Connect { .. } | ActionError::Timeout { .. }
-        ) {
-            self.drop_bus().await;
-        }
+        self.drop_bus().await;
         Action::Failed
     }
 }

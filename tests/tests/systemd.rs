@@ -561,3 +561,83 @@ fn configured_units_are_checked_and_restartable_over_the_bus() {
         }
     });
 }
+
+/// Two ways to lose an incident, and neither does: the daemon stopping while a unit is still
+/// being recovered (the incident goes out as far as it got, `interrupted`), and the watched
+/// systemd's bus gone (the restart fails with an error naming the socket; the daemon goes on).
+#[test]
+fn a_stop_mid_recovery_and_a_gone_bus_lose_nothing() {
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
+    let machine = Machine::boot_with(
+        &[
+            // Serves on 18008 after one segfault; its health check asks 18009, where nobody is.
+            (
+                "demo-slow.service",
+                &demo(
+                    "segv",
+                    18008,
+                    "Environment=DEMO_FAIL_ONCE=/run/slow.failed\n",
+                ),
+            ),
+            ("demo-nobus.service", &demo("exception", 18009, "")),
+        ],
+        &[(app, "/opt/demo/app.py")],
+    );
+    let (daemon, _config) =
+        machine.watch_with_config(&policy("demo-slow.service", "expedite", 18009));
+    machine.systemctl(&["start", "--no-block", "demo-slow.service"]);
+    let _ = daemon.record_where("the segfault", |r| {
+        r["kind"] == "exit" && r["unit"] == "demo-slow.service"
+    });
+    machine.wait_healthy("http://127.0.0.1:18008/health");
+    let (records, _) = daemon.stop();
+    let slow = records
+        .iter()
+        .find(|r| r["kind"] == "incident" && r["unit"] == "demo-slow.service")
+        .unwrap_or_else(|| panic!("no incident after the stop: {records:?}"));
+    check_recovery(
+        slow,
+        "restarted",
+        &[
+            "detected",
+            "restart_requested",
+            "unit_active",
+            "interrupted",
+        ],
+    );
+    assert_eq!(slow["cause"], "signal", "{slow}");
+
+    // The bus goes; systemctl as root still reaches systemd on its private socket.
+    machine.systemctl(&["stop", "dbus.socket", "dbus.service"]);
+    let (daemon, _config) =
+        machine.watch_with_config(&policy("demo-nobus.service", "expedite", 18009));
+    let socket = format!("{}/run/dbus/system_bus_socket", machine.root());
+    for run in 1..=2 {
+        machine.systemctl(&["start", "--no-block", "demo-nobus.service"]);
+        daemon.wait_for_count(&format!("incident {run} without a bus"), run, |r| {
+            r["kind"] == "incident" && r["unit"] == "demo-nobus.service"
+        });
+    }
+    let (records, stderr) = daemon.stop();
+    let incidents: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "incident" && r["unit"] == "demo-nobus.service")
+        .collect();
+    for incident in &incidents {
+        check_recovery(incident, "failed", &["detected", "restart_failed"]);
+        assert_eq!(incident["cause"], "startup_failure", "{incident}");
+        let detail = incident["timeline"][1]["detail"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            detail.starts_with(&format!("cannot reach systemd's bus at {socket}: ")),
+            "{incident}"
+        );
+    }
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("cannot reach systemd's bus")),
+        "{stderr:?}"
+    );
+}
