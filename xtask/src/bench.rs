@@ -5,7 +5,9 @@
 //!   of rounds; once with clean exits (filtered in the kernel) and once with failing exits (every
 //!   one becomes a record);
 //! - latency (kernel timestamp → record written) p50/p99/p99.9, idle and during the storm;
-//! - records lost at the host's maximum exit rate; the daemon's resident memory when idle.
+//! - records lost at the host's maximum exit rate; the daemon's resident memory when idle;
+//! - restarts on real systemd in a systemd-nspawn machine: crash → restart requested and crash →
+//!   healthy, against restarts without the daemon (`tests/src/bin/restart-bench.rs`).
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -208,4 +210,22 @@ pub fn all(daemon: &Path) -> Result<()> {
     let lost = d.stop()?;
     println!("drops at the host's max failing-exit rate ({rate:.0} exits/s): {lost}");
     Ok(())
+}
+
+/// The restart benchmarks, run by `restart-bench` from the tests crate, which has the machine
+/// and daemon harness.
+pub fn restart(daemon: &Path, machine_root: &Path) -> Result<()> {
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "tests",
+        "--bin",
+        "restart-bench",
+    ]))?;
+    crate::run(
+        Command::new(crate::root().join("target/release/restart-bench"))
+            .env("DETECTOR_BIN", daemon)
+            .env("DETECTOR_MACHINE_ROOT", machine_root),
+    )
 }

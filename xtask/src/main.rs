@@ -171,7 +171,9 @@ fn main() -> Result<()> {
             require_root("the benchmarks")?;
             setup::host_for_tests()?;
             let daemon = build_daemon()?;
-            bench::all(&daemon)
+            bench::all(&daemon)?;
+            setup::test_packages()?;
+            bench::restart(&daemon, &setup::machine_root()?)
         }
     }
 }
