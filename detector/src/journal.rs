@@ -340,6 +340,22 @@ impl Reader {
     }
 }
 
+/// Niceness of the journal thread. Its work waits on journald anyway, and it runs while a
+/// restarted unit starts up: it should not take CPU from that (the daemon's main thread, which
+/// sees deaths and restarts units, runs at `--nice`, -10 by default).
+const JOURNAL_NICE: i32 = 10;
+
+/// Lowers this thread's priority to [`JOURNAL_NICE`] (on Linux, `setpriority` on a thread id
+/// applies to that thread alone).
+fn lower_priority() {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority has no memory-safety preconditions; `tid` is this thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, JOURNAL_NICE) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the journal thread's priority");
+    }
+}
+
 /// Starts the journal thread. Deaths in units go in on the returned sender with a channel for
 /// the answer. A journal that cannot be opened or read is logged, and the answer then has no
 /// lines (and counts every death in a service as the main process's, since we cannot tell).
@@ -352,6 +368,7 @@ pub fn spawn(options: Options) -> mpsc::Sender<Request> {
     let spawned = thread::Builder::new()
         .name("journal".into())
         .spawn(move || {
+            lower_priority();
             let mut reader = Reader {
                 options,
                 rules,
