@@ -205,18 +205,7 @@ impl Recovery {
             .await
         {
             Ok(Settled::Active { .. }) => {
-                self.restarted(unit);
-                let ms = progress.timed_step(
-                    "unit_active",
-                    Some("restarted by systemd (Restart=)".into()),
-                );
-                progress.with(|i| {
-                    i.action = Action::Watched;
-                    i.crash_to_restart_ms = Some(ms);
-                    i.crash_to_active_ms = Some(ms);
-                });
-                self.check_health(policy, progress).await;
-                Ok(Action::Watched)
+                Ok(self.restarted_by_systemd(unit, policy, progress).await)
             }
             Ok(Settled::Down { result }) => {
                 let recent = self.recent(unit, policy.crash_loop.window);
@@ -271,18 +260,7 @@ impl Recovery {
             tokio::time::sleep(delay).await;
             // systemd's own Restart= may have been quicker.
             if let Ok(Settled::Active { .. }) = bus.settle(unit, old, Instant::now()).await {
-                self.restarted(unit);
-                let ms = progress.timed_step(
-                    "unit_active",
-                    Some("restarted by systemd (Restart=)".into()),
-                );
-                progress.with(|i| {
-                    i.action = Action::Watched;
-                    i.crash_to_restart_ms = Some(ms);
-                    i.crash_to_active_ms = Some(ms);
-                });
-                self.check_health(policy, progress).await;
-                return Ok(Action::Watched);
+                return Ok(self.restarted_by_systemd(unit, policy, progress).await);
             }
         }
         if let Err(e) = bus
@@ -342,6 +320,27 @@ impl Recovery {
         progress.with(|i| i.crash_to_active_ms = Some(ms));
         self.check_health(policy, progress).await;
         Ok(Action::Restarted)
+    }
+
+    /// systemd's own `Restart=` brought the unit back: count it, say so, check its health.
+    async fn restarted_by_systemd(
+        &self,
+        unit: &str,
+        policy: &UnitPolicy,
+        progress: &Progress,
+    ) -> Action {
+        self.restarted(unit);
+        let ms = progress.timed_step(
+            "unit_active",
+            Some("restarted by systemd (Restart=)".into()),
+        );
+        progress.with(|i| {
+            i.action = Action::Watched;
+            i.crash_to_restart_ms = Some(ms);
+            i.crash_to_active_ms = Some(ms);
+        });
+        self.check_health(policy, progress).await;
+        Action::Watched
     }
 
     /// Polls the unit's health check, if it has one, until it passes or its deadline.
