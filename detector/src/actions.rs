@@ -197,11 +197,7 @@ impl Systemd {
     pub async fn unit(&self, unit: &str) -> Result<UnitState, ActionError> {
         let err = |what| unit_error(unit, what);
         let path = self.path(unit).await?;
-        let proxy = UnitProxy::builder(&self.connection)
-            .path(path.clone())
-            .build()
-            .await
-            .map_err(err("address"))?;
+        let proxy: UnitProxy<'static> = self.proxy(unit, path.clone()).await?;
         let mut state = UnitState {
             load_state: proxy.load_state().await.map_err(err("read the state of"))?,
             active_state: proxy
@@ -216,11 +212,7 @@ impl Systemd {
             result: None,
         };
         if unit.ends_with(".service") && state.load_state == "loaded" {
-            let service = ServiceProxy::builder(&self.connection)
-                .path(path)
-                .build()
-                .await
-                .map_err(err("address"))?;
+            let service: ServiceProxy<'static> = self.proxy(unit, path).await?;
             state.restart = service.restart().await.ok();
             state.restart_sec = service.restart_usec().await.ok().map(Duration::from_micros);
             state.n_restarts = service.n_restarts().await.ok();
@@ -233,12 +225,7 @@ impl Systemd {
     pub async fn restart_setting(&self, unit: &str) -> Result<String, ActionError> {
         let err = |what| unit_error(unit, what);
         let path = self.path(unit).await?;
-        let service = ServiceProxy::builder(&self.connection)
-            .path(path)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(err("address"))?;
+        let service = self.proxy::<ServiceProxy<'static>>(unit, path).await?;
         service.restart().await.map_err(err("read Restart= of"))
     }
 
@@ -267,12 +254,7 @@ impl Systemd {
         let err = |what| unit_error(unit, what);
         let path = self.path(unit).await?;
         let mut changes = self.changes(unit, &path).await?;
-        let proxy = UnitProxy::builder(&self.connection)
-            .path(path)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(err("address"))?;
+        let proxy = self.proxy::<UnitProxy<'static>>(unit, path).await?;
         while proxy
             .active_state()
             .await
@@ -296,6 +278,20 @@ impl Systemd {
             }
         }
         Ok(())
+    }
+
+    /// A proxy of type `P` for `unit`'s object at `path`, reading properties fresh each time
+    /// (a cache would wait on signals).
+    async fn proxy<P>(&self, unit: &str, path: OwnedObjectPath) -> Result<P, ActionError>
+    where
+        P: From<zbus::Proxy<'static>> + zbus::proxy::Defaults,
+    {
+        zbus::proxy::Builder::<P>::new(&self.connection)
+            .path(path)
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(unit_error(unit, "address"))
     }
 
     /// The object path of `unit`, loading the unit if systemd has not yet.
@@ -356,18 +352,8 @@ impl Systemd {
         let path = self.path(unit).await?;
         // Subscribed before the first read: a change in between still wakes us.
         let mut changes = self.changes(unit, &path).await?;
-        let proxy = UnitProxy::builder(&self.connection)
-            .path(path.clone())
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(err("address"))?;
-        let service = ServiceProxy::builder(&self.connection)
-            .path(path)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await
-            .map_err(err("address"))?;
+        let proxy = self.proxy::<UnitProxy<'static>>(unit, path.clone()).await?;
+        let service = self.proxy::<ServiceProxy<'static>>(unit, path).await?;
         let is_service = unit.ends_with(".service");
         loop {
             let active = proxy

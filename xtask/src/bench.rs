@@ -164,20 +164,14 @@ fn latency_line(what: &str, mut v: Vec<u64>) {
     );
 }
 
-fn build_victim() -> Result<PathBuf> {
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "tests",
-        "--bin",
-        "victim",
-    ]))?;
-    Ok(crate::root().join("target/release/victim"))
+/// Builds one of the tests crate's helper binaries; returns its path.
+fn build_helper(name: &str) -> Result<PathBuf> {
+    crate::run(crate::cargo().args(["build", "--release", "--package", "tests", "--bin", name]))?;
+    Ok(crate::root().join("target/release").join(name))
 }
 
 pub fn all(daemon: &Path) -> Result<()> {
-    let victim = build_victim()?;
+    let victim = build_helper("victim")?;
     for (label, code) in [
         ("clean exits (filtered in kernel)", 0),
         ("failing exits (one record each)", 1),
@@ -215,16 +209,8 @@ pub fn all(daemon: &Path) -> Result<()> {
 /// The restart benchmarks, run by `restart-bench` from the tests crate, which has the machine
 /// and daemon harness.
 pub fn restart(daemon: &Path, machine_root: &Path) -> Result<()> {
-    crate::run(crate::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "tests",
-        "--bin",
-        "restart-bench",
-    ]))?;
     crate::run(
-        Command::new(crate::root().join("target/release/restart-bench"))
+        Command::new(build_helper("restart-bench")?)
             .env("DETECTOR_BIN", daemon)
             .env("DETECTOR_MACHINE_ROOT", machine_root),
     )
