@@ -116,8 +116,10 @@ pub enum Settled {
     /// Active in a new run.
     Active { invocation_id: Option<String> },
     /// Failed or inactive with no job pending: nothing will start it. `result` is the service's
-    /// `Result=` (`exit-code`, `start-limit-hit`, ...).
-    Down { result: String },
+    /// `Result=` (`exit-code`, `start-limit-hit`, ...); `new_run` says whether a run after the
+    /// one we knew began at all. A start refused by systemd's start limit begins none, and
+    /// leaves the earlier failure's `Result=` in place ("Start request repeated too quickly").
+    Down { result: String, new_run: bool },
     /// Still neither when the time was up; `state` is `active/sub` at the end.
     Pending { state: String },
 }
@@ -378,7 +380,9 @@ impl Systemd {
                     } else {
                         String::new()
                     };
-                    return Ok(Settled::Down { result });
+                    let invocation_id = proxy.invocation_id().await.ok().as_deref().and_then(hex);
+                    let new_run = old.is_none_or(|o| invocation_id.as_deref() != Some(o));
+                    return Ok(Settled::Down { result, new_run });
                 }
             }
             let reread = (Instant::now() + REREAD).min(until);

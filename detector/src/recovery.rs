@@ -207,7 +207,7 @@ impl Recovery {
             Ok(Settled::Active { .. }) => {
                 Ok(self.restarted_by_systemd(unit, policy, progress).await)
             }
-            Ok(Settled::Down { result }) => {
+            Ok(Settled::Down { result, .. }) => {
                 let recent = self.recent(unit, policy.crash_loop.window);
                 progress.step(
                     "systemd_gave_up",
@@ -291,17 +291,23 @@ impl Recovery {
             });
             match bus.settle(unit, old, until).await {
                 Ok(Settled::Active { .. }) => break,
-                Ok(Settled::Down { result }) if result == "start-limit-hit" && !reset => {
+                // Refused before any run began: systemd's start limit (or a condition or a
+                // dependency). Clearing the failed state resets the limit; try once more.
+                Ok(Settled::Down { result, new_run })
+                    if (!new_run || result == "start-limit-hit") && !reset =>
+                {
                     reset = true;
                     if let Err(e) = bus.reset_failed(unit).await {
                         return Ok(self.failure(progress, &e).await);
                     }
                 }
-                Ok(Settled::Down { result }) => {
-                    progress.step(
-                        "restart_failed",
-                        Some(format!("the unit did not start (Result={result})")),
-                    );
+                Ok(Settled::Down { result, new_run }) => {
+                    let what = if new_run {
+                        "the unit failed again as it started"
+                    } else {
+                        "systemd did not start the unit, even after reset-failed"
+                    };
+                    progress.step("restart_failed", Some(format!("{what} (Result={result})")));
                     return Ok(Action::Restarted);
                 }
                 Ok(Settled::Pending { state }) => {

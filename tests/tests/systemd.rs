@@ -641,3 +641,42 @@ fn a_stop_mid_recovery_and_a_gone_bus_lose_nothing() {
         "{stderr:?}"
     );
 }
+
+/// A unit past systemd's start limit (one start a minute) fails once: detector's restart is
+/// refused for the limit, so it clears it (`reset-failed`) and restarts again, and the unit
+/// comes back healthy.
+#[test]
+fn a_unit_past_its_start_limit_is_restarted_after_reset_failed() {
+    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
+    let unit = format!(
+        "[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=1\n{}",
+        demo(
+            "segv",
+            18007,
+            "Environment=DEMO_FAIL_ONCE=/run/limit.failed\n"
+        )
+    );
+    let machine = Machine::boot_with(
+        &[("demo-limit.service", &unit)],
+        &[(app, "/opt/demo/app.py")],
+    );
+    let (daemon, _config) =
+        machine.watch_with_config(&policy("demo-limit.service", "expedite", 18007));
+    machine.systemctl(&["start", "--no-block", "demo-limit.service"]);
+    let incident = incident_for(&daemon, "demo-limit.service");
+    check_recovery(
+        &incident,
+        "restarted",
+        &[
+            "detected",
+            "restart_requested",
+            "restart_requested",
+            "unit_active",
+            "health_ok",
+        ],
+    );
+    assert_eq!(
+        incident["timeline"][2]["detail"], "after clearing systemd's start limit (reset-failed)",
+        "{incident}"
+    );
+}
