@@ -562,11 +562,11 @@ fn configured_units_are_checked_and_restartable_over_the_bus() {
     });
 }
 
-/// Two ways to lose an incident, and neither does: the daemon stopping while a unit is still
-/// being recovered (the incident goes out as far as it got, `interrupted`), and the watched
+/// A restart that does not bring health back is `health_failed`. And two ways to lose an
+/// incident, neither of which does: the daemon stopping while a unit is still being recovered (the incident goes out as far as it got, `interrupted`), and the watched
 /// systemd's bus gone (the restart fails with an error naming the socket; the daemon goes on).
 #[test]
-fn a_stop_mid_recovery_and_a_gone_bus_lose_nothing() {
+fn failed_recoveries_are_reported_and_never_lost() {
     let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
     let machine = Machine::boot_with(
         &[
@@ -580,11 +580,47 @@ fn a_stop_mid_recovery_and_a_gone_bus_lose_nothing() {
                 ),
             ),
             ("demo-nobus.service", &demo("exception", 18009, "")),
+            // Serves on 18006 after one segfault, but its check asks a path it answers 404.
+            (
+                "demo-sick.service",
+                &demo(
+                    "segv",
+                    18006,
+                    "Environment=DEMO_FAIL_ONCE=/run/sick.failed\n",
+                ),
+            ),
         ],
         &[(app, "/opt/demo/app.py")],
     );
-    let (daemon, _config) =
-        machine.watch_with_config(&policy("demo-slow.service", "expedite", 18009));
+    let sick = "[[unit]]\nname = \"demo-sick.service\"\nrestart = \"expedite\"\n\
+                health = { url = \"http://127.0.0.1:18006/ready\", interval = \"50ms\", deadline = \"1s\" }\n";
+    let (daemon, _config) = machine.watch_with_config(&format!(
+        "{}{sick}",
+        policy("demo-slow.service", "expedite", 18009)
+    ));
+    // A restart that does not make the unit healthy says so, with what the check got.
+    machine.systemctl(&["start", "--no-block", "demo-sick.service"]);
+    let incident = incident_for(&daemon, "demo-sick.service");
+    check_recovery(
+        &incident,
+        "restarted",
+        &[
+            "detected",
+            "restart_requested",
+            "unit_active",
+            "health_failed",
+        ],
+    );
+    let failed = incident["timeline"][3]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        failed.starts_with("http://127.0.0.1:18006/ready not healthy within 1s (")
+            && failed.ends_with("; last: status 404 (expected 200))"),
+        "{incident}"
+    );
+    assert_eq!(incident["crash_to_healthy_ms"], Value::Null, "{incident}");
+
     machine.systemctl(&["start", "--no-block", "demo-slow.service"]);
     let _ = daemon.record_where("the segfault", |r| {
         r["kind"] == "exit" && r["unit"] == "demo-slow.service"
@@ -607,39 +643,7 @@ fn a_stop_mid_recovery_and_a_gone_bus_lose_nothing() {
     );
     assert_eq!(slow["cause"], "signal", "{slow}");
 
-    // The bus goes; systemctl as root still reaches systemd on its private socket.
-    machine.systemctl(&["stop", "dbus.socket", "dbus.service"]);
-    let (daemon, _config) =
-        machine.watch_with_config(&policy("demo-nobus.service", "expedite", 18009));
-    let socket = format!("{}/run/dbus/system_bus_socket", machine.root());
-    for run in 1..=2 {
-        machine.systemctl(&["start", "--no-block", "demo-nobus.service"]);
-        daemon.wait_for_count(&format!("incident {run} without a bus"), run, |r| {
-            r["kind"] == "incident" && r["unit"] == "demo-nobus.service"
-        });
-    }
-    let (records, stderr) = daemon.stop();
-    let incidents: Vec<&Value> = records
-        .iter()
-        .filter(|r| r["kind"] == "incident" && r["unit"] == "demo-nobus.service")
-        .collect();
-    for incident in &incidents {
-        check_recovery(incident, "failed", &["detected", "restart_failed"]);
-        assert_eq!(incident["cause"], "startup_failure", "{incident}");
-        let detail = incident["timeline"][1]["detail"]
-            .as_str()
-            .unwrap_or_default();
-        assert!(
-            detail.starts_with(&format!("cannot reach systemd's bus at {socket}: ")),
-            "{incident}"
-        );
-    }
-    assert!(
-        stderr
-            .iter()
-            .any(|l| l.contains("cannot reach systemd's bus")),
-        "{stderr:?}"
-    );
+    check_gone_bus(&machine);
 }
 
 /// A unit past systemd's start limit (one start a minute) fails once: detector's restart is
@@ -678,5 +682,43 @@ fn a_unit_past_its_start_limit_is_restarted_after_reset_failed() {
     assert_eq!(
         incident["timeline"][2]["detail"], "after clearing systemd's start limit (reset-failed)",
         "{incident}"
+    );
+}
+
+/// With the machine's bus stopped, restarts fail with an error naming the socket, and the daemon
+/// goes on to the next incident.
+fn check_gone_bus(machine: &Machine) {
+    // The bus goes; systemctl as root still reaches systemd on its private socket.
+    machine.systemctl(&["stop", "dbus.socket", "dbus.service"]);
+    let (daemon, _config) =
+        machine.watch_with_config(&policy("demo-nobus.service", "expedite", 18009));
+    let socket = format!("{}/run/dbus/system_bus_socket", machine.root());
+    for run in 1..=2 {
+        machine.systemctl(&["start", "--no-block", "demo-nobus.service"]);
+        daemon.wait_for_count(&format!("incident {run} without a bus"), run, |r| {
+            r["kind"] == "incident" && r["unit"] == "demo-nobus.service"
+        });
+    }
+    let (records, stderr) = daemon.stop();
+    let incidents: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "incident" && r["unit"] == "demo-nobus.service")
+        .collect();
+    for incident in &incidents {
+        check_recovery(incident, "failed", &["detected", "restart_failed"]);
+        assert_eq!(incident["cause"], "startup_failure", "{incident}");
+        let detail = incident["timeline"][1]["detail"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            detail.starts_with(&format!("cannot reach systemd's bus at {socket}: ")),
+            "{incident}"
+        );
+    }
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("cannot reach systemd's bus")),
+        "{stderr:?}"
     );
 }
