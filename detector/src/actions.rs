@@ -54,8 +54,6 @@ trait Service {
     fn n_restarts(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn result(&self) -> zbus::Result<String>;
-    #[zbus(property, name = "MainPID")]
-    fn main_pid(&self) -> zbus::Result<u32>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +102,30 @@ fn left_active(signal: &zbus::fdo::PropertiesChanged) -> bool {
     })
 }
 
+/// Waits for the unit's next PropertiesChanged signal, but no longer than `reread` (the state
+/// is then read again in case a signal was missed) and never past `until`. None once `until` has
+/// passed; otherwise the signal, if one came.
+async fn next_change(
+    changes: &mut zbus::fdo::PropertiesChangedStream,
+    reread: Duration,
+    until: Instant,
+) -> Option<Option<zbus::fdo::PropertiesChanged>> {
+    let next_read = (Instant::now() + reread).min(until);
+    let woke = tokio::time::timeout_at(next_read, changes.next()).await;
+    if Instant::now() >= until {
+        return None;
+    }
+    match woke {
+        Ok(Some(signal)) => Some(Some(signal)),
+        // The signal stream ended (the bus is going away): read on the timer alone.
+        Ok(None) => {
+            tokio::time::sleep_until(next_read).await;
+            Some(None)
+        }
+        Err(_) => Some(None),
+    }
+}
+
 /// Turns a bus error about `unit` into an [`ActionError`] saying what systemd could not do.
 fn unit_error(unit: &str, what: &'static str) -> impl FnOnce(zbus::Error) -> ActionError {
     let unit = unit.to_owned();
@@ -114,7 +136,7 @@ fn unit_error(unit: &str, what: &'static str) -> impl FnOnce(zbus::Error) -> Act
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
     /// Active in a new run.
-    Active { invocation_id: Option<String> },
+    Active,
     /// Failed or inactive with no job pending: nothing will start it. `result` is the service's
     /// `Result=` (`exit-code`, `start-limit-hit`, ...); `new_run` says whether a run after the
     /// one we knew began at all. A start refused by systemd's start limit begins none, and
@@ -223,14 +245,6 @@ impl Systemd {
         Ok(state)
     }
 
-    /// The unit's `Restart=` setting (`no`, `on-failure`, ...), for services.
-    pub async fn restart_setting(&self, unit: &str) -> Result<String, ActionError> {
-        let err = |what| unit_error(unit, what);
-        let path = self.path(unit).await?;
-        let service = self.proxy::<ServiceProxy<'static>>(unit, path).await?;
-        service.restart().await.map_err(err("read Restart= of"))
-    }
-
     /// Clears a failed unit's state, and with it systemd's start-rate limit counter
     /// (`systemctl reset-failed`).
     pub async fn reset_failed(&self, unit: &str) -> Result<(), ActionError> {
@@ -267,16 +281,11 @@ impl Systemd {
             if old.is_some_and(|old| now.as_deref() != Some(old)) {
                 break;
             }
-            let reread = (Instant::now() + REAP_REREAD).min(until);
-            let woke = tokio::time::timeout_at(reread, changes.next()).await;
-            if Instant::now() >= until {
-                break;
-            }
-            match woke {
+            match next_change(&mut changes, REAP_REREAD, until).await {
                 // The signal carries the new state: no need to ask for it.
-                Ok(Some(signal)) if left_active(&signal) => break,
-                Ok(None) => tokio::time::sleep_until(reread).await,
-                _ => {}
+                Some(Some(signal)) if left_active(&signal) => break,
+                Some(_) => {}
+                None => break,
             }
         }
         Ok(())
@@ -366,7 +375,7 @@ impl Systemd {
             if active == "active" {
                 let invocation_id = proxy.invocation_id().await.ok().as_deref().and_then(hex);
                 if old.is_none_or(|o| invocation_id.as_deref() != Some(o)) {
-                    return Ok(Settled::Active { invocation_id });
+                    return Ok(Settled::Active);
                 }
             }
             // "failed" and "dead" are also passed through on the way to a restart
@@ -385,16 +394,10 @@ impl Systemd {
                     return Ok(Settled::Down { result, new_run });
                 }
             }
-            let reread = (Instant::now() + REREAD).min(until);
-            let woke = tokio::time::timeout_at(reread, changes.next()).await;
-            if Instant::now() >= until {
+            if next_change(&mut changes, REREAD, until).await.is_none() {
                 return Ok(Settled::Pending {
                     state: format!("{active}/{sub}"),
                 });
-            }
-            if matches!(woke, Ok(None)) {
-                // The signal stream ended (the bus is going away): read on the timer alone.
-                tokio::time::sleep_until(reread).await;
             }
         }
     }

@@ -171,6 +171,17 @@ pub fn classify(
     (cause, detail)
 }
 
+/// The cause told by the death alone (`oom_kill`, `signal`, `exit_code`), before its journal
+/// lines and its run's start are known.
+#[must_use]
+pub fn from_death(record: &ExitRecord) -> (String, String) {
+    let unknown = Context {
+        uptime: None,
+        startup_grace: Duration::ZERO,
+    };
+    classify(record, &[], &[], unknown)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,6 +69,12 @@ pub struct UnitPolicy {
 }
 
 impl UnitPolicy {
+    /// Whether the policy may restart the unit (anything but `report`).
+    #[must_use]
+    pub fn restarts(&self) -> bool {
+        self.restart != RestartMode::Report
+    }
+
     /// Whether this policy covers `unit`: the same name, or an instance of this template.
     #[must_use]
     pub fn covers(&self, unit: &str) -> bool {

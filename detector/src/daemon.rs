@@ -23,7 +23,7 @@ use crate::{
     actions::Systemd,
     causes,
     clock::{self, Clock},
-    config::{Config, RestartMode},
+    config::{Config, UnitPolicy},
     correlate::correlate,
     decode::{Event, decode},
     enrich::CgroupResolver,
@@ -157,10 +157,7 @@ async fn connect_and_check_units(root: &Path, config: &Config) -> Option<Systemd
         .map(|p| p.name.as_str())
         .filter(|name| !name.contains("@."))
         .collect();
-    let acting = config
-        .units
-        .iter()
-        .any(|p| p.restart != RestartMode::Report);
+    let acting = config.units.iter().any(UnitPolicy::restarts);
     if listed.is_empty() && !acting {
         return None;
     }
@@ -285,13 +282,15 @@ impl Pipeline {
 
     /// Starts the incident (and recovery) of a death in a service that may have failed it.
     fn unit_death(&mut self, record: ExitRecord) {
-        let service = |u: &Option<String>| u.as_deref().is_some_and(|u| u.ends_with(".service"));
-        let unit = match (&record.user_unit, &record.unit) {
-            (Some(_), _) if service(&record.user_unit) => record.user_unit.clone(),
-            (None, _) if service(&record.unit) => record.unit.clone(),
-            _ => None,
+        // The innermost unit: a user manager's service rather than its `user@UID.service`.
+        let Some(unit) = record
+            .user_unit
+            .clone()
+            .or_else(|| record.unit.clone())
+            .filter(|u| u.ends_with(".service"))
+        else {
+            return;
         };
-        let Some(unit) = unit else { return };
         // A unit's main and control processes are the manager's children (daemons that fork
         // are reparented to it, PID 1 being their subreaper): with the manager's pid known, any
         // other death is a worker's, which does not fail the unit. User units have their own
@@ -303,17 +302,13 @@ impl Pipeline {
         if self.manager_pid.is_some() && record.user_unit.is_none() && !from_manager {
             return;
         }
-        let policy = self.recovery.config().policy(&unit);
-        self.urgent |= from_manager && policy.is_some_and(|p| p.restart != RestartMode::Report);
-        let provisional = causes::classify(
-            &record,
-            &[],
-            &[],
-            causes::Context {
-                uptime: None,
-                startup_grace: policy.map_or(Duration::ZERO, |p| p.startup_grace),
-            },
-        );
+        self.urgent |= from_manager
+            && self
+                .recovery
+                .config()
+                .policy(&unit)
+                .is_some_and(UnitPolicy::restarts);
+        let provisional = causes::from_death(&record);
         let collected = Collected {
             invocation_id: record.invocation_id.clone(),
             ..Collected::default()
@@ -322,7 +317,7 @@ impl Pipeline {
         let progress = Progress::new(incident, self.incidents.clone());
         let (answer, journaled) = oneshot::channel();
         // Sending fails only without a journal thread; the incident then goes out without lines.
-        let _ = self.journal.send((record.clone(), answer));
+        let _ = self.journal.send((unit.clone(), record.clone(), answer));
         self.tasks.spawn(recovery::handle(
             Arc::clone(&self.recovery),
             unit,

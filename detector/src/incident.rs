@@ -2,7 +2,7 @@
 //! next. Written on stdout as `kind: "incident"`, after the death's `kind: "exit"` record, once
 //! the recovery is over (healthy, failed, or given up).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
@@ -146,7 +146,9 @@ fn ms(ns: u64) -> f64 {
 /// daemon stopping mid-recovery), it still goes out, with an `interrupted` step: an incident is
 /// never lost.
 pub struct Progress {
-    incident: Arc<Mutex<Option<Incident>>>,
+    /// None once sent or discarded. Behind a lock: the journal's answer and the recovery's steps
+    /// come from two futures of the same task.
+    incident: Mutex<Option<Incident>>,
     out: UnboundedSender<Incident>,
 }
 
@@ -154,7 +156,7 @@ impl Progress {
     #[must_use]
     pub fn new(incident: Incident, out: UnboundedSender<Incident>) -> Self {
         Self {
-            incident: Arc::new(Mutex::new(Some(incident))),
+            incident: Mutex::new(Some(incident)),
             out,
         }
     }
@@ -201,27 +203,25 @@ impl Progress {
 
     /// Drops the incident: the death did not fail its unit.
     pub fn discard(self) {
+        self.take();
+    }
+
+    fn take(&self) -> Option<Incident> {
         self.incident
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
+            .take()
     }
 
+    /// Sends the incident if it is still open, after a last step if one is given.
     fn send(&self, last: Option<&'static str>) {
-        let taken = self
-            .incident
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(mut incident) = taken {
-            if let Some(step) = last {
-                let now = clock::monotonic_ns();
-                incident.timeline.push(Step {
-                    at: Clock::now().rfc3339(now),
-                    step,
-                    detail: Some("detector stopped before the recovery ended".to_owned()),
-                });
-            }
+        if let Some(step) = last {
+            self.step(
+                step,
+                Some("detector stopped before the recovery ended".to_owned()),
+            );
+        }
+        if let Some(incident) = self.take() {
             // The receiver lives as long as the daemon's main loop, which outlives every task.
             let _ = self.out.send(incident);
         }

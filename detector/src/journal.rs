@@ -226,8 +226,8 @@ pub struct Journaled {
     pub incident: Incident,
 }
 
-/// A death for the journal thread, and where its answer goes.
-pub type Request = (ExitRecord, oneshot::Sender<Journaled>);
+/// A death in a service (the unit, the death) for the journal thread, and where its answer goes.
+pub type Request = (String, ExitRecord, oneshot::Sender<Journaled>);
 
 /// What the journal thread keeps between deaths.
 struct Reader {
@@ -375,10 +375,7 @@ pub fn spawn(options: Options) -> mpsc::Sender<Request> {
                 journal: None,
                 last_error: String::new(),
             };
-            for (record, answer) in rx {
-                let Some(unit) = record.user_unit.clone().or_else(|| record.unit.clone()) else {
-                    continue;
-                };
+            for (unit, record, answer) in rx {
                 // Nobody waiting any more (the daemon is stopping) is not an error.
                 let _ = answer.send(reader.incident(&unit, &record));
             }

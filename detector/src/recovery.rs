@@ -33,8 +33,9 @@ use crate::{
 /// How long a unit may take to come back when neither its health check's deadline nor its
 /// `RestartSec=` says.
 const ACTIVE_WAIT: Duration = Duration::from_secs(30);
-/// How long a restart waits for systemd to handle the death first (it takes a millisecond; a
-/// control process's death leaves `MainPID` alone and does not wait at all).
+/// How long a restart or a watch waits for systemd to handle the death first: usually 1-3 ms.
+/// A control process's death while the unit is starting does not wait at all (the unit is not
+/// `active`); one while it stays active (a failed `ExecReload=`) waits this long.
 const REAP_WAIT: Duration = Duration::from_secs(1);
 /// Added to `RestartSec=` when watching systemd's own restart: its timer, then the start.
 const WATCH_MARGIN: Duration = Duration::from_secs(30);
@@ -155,19 +156,40 @@ impl Recovery {
             Ok(bus) => bus,
             Err(e) => return Ok(self.failure(progress, &e).await),
         };
-        let systemd_restarts = if policy.restart == RestartMode::Restart {
-            match bus.restart_setting(unit).await {
-                Ok(setting) => setting != "no",
+        // Only `restart` defers to the unit's own `Restart=`, and only it needs to read it.
+        let service = if policy.restart == RestartMode::Restart {
+            match bus.unit(unit).await {
+                Ok(state) => Some(state),
                 Err(e) => return Ok(self.failure(progress, &e).await),
             }
         } else {
-            false
+            None
         };
+        let systemd_restarts = service
+            .as_ref()
+            .and_then(|s| s.restart.as_deref())
+            .is_some_and(|r| r != "no");
         let recent = self.recent(unit, policy.crash_loop.window);
-        match policy::plan(policy.restart, policy.crash_loop, systemd_restarts, recent) {
+        let plan = policy::plan(policy.restart, policy.crash_loop, systemd_restarts, recent);
+        if matches!(plan, Plan::Watch | Plan::Restart { .. })
+            && let Err(e) = bus
+                .await_reaped(
+                    unit,
+                    record.invocation_id.as_deref(),
+                    Instant::now() + REAP_WAIT,
+                )
+                .await
+        {
+            return Ok(self.failure(progress, &e).await);
+        }
+        match plan {
             Plan::Report => Ok(Action::Reported),
             Plan::GiveUp { restarts } => Ok(give_up(progress, policy, restarts)),
-            Plan::Watch => self.watch(&bus, unit, policy, record, progress).await,
+            Plan::Watch => {
+                let restart_sec = service.and_then(|s| s.restart_sec).unwrap_or_default();
+                self.watch(&bus, unit, policy, record, progress, restart_sec)
+                    .await
+            }
             Plan::Restart { delay } => {
                 self.restart(&bus, unit, policy, record, progress, delay)
                     .await
@@ -175,9 +197,9 @@ impl Recovery {
         }
     }
 
-    /// systemd's `Restart=` should bring the unit back: wait for that. If systemd leaves it
-    /// down after all (this death is not one its `Restart=` covers, or the start limit was hit),
-    /// restart it ourselves.
+    /// systemd's `Restart=` should bring the unit back (after `restart_sec`): wait for that. If
+    /// systemd leaves it down after all (this death is not one its `Restart=` covers, or the
+    /// start limit was hit), restart it ourselves. Called once systemd has handled the death.
     async fn watch(
         &self,
         bus: &Systemd,
@@ -185,28 +207,14 @@ impl Recovery {
         policy: &UnitPolicy,
         record: &ExitRecord,
         progress: &Progress,
+        restart_sec: Duration,
     ) -> Result<Action, DiedAgain> {
-        let restart_sec = bus
-            .unit(unit)
-            .await
-            .ok()
-            .and_then(|s| s.restart_sec)
-            .unwrap_or_default();
-        let old = record.invocation_id.as_deref();
-        if let Err(e) = bus
-            .await_reaped(unit, old, Instant::now() + REAP_WAIT)
-            .await
-        {
-            return Ok(self.failure(progress, &e).await);
-        }
         let until = Instant::now() + restart_sec + WATCH_MARGIN;
         match bus
             .settle(unit, record.invocation_id.as_deref(), until)
             .await
         {
-            Ok(Settled::Active { .. }) => {
-                Ok(self.restarted_by_systemd(unit, policy, progress).await)
-            }
+            Ok(Settled::Active) => Ok(self.restarted_by_systemd(unit, policy, progress).await),
             Ok(Settled::Down { result, .. }) => {
                 let recent = self.recent(unit, policy.crash_loop.window);
                 progress.step(
@@ -238,6 +246,7 @@ impl Recovery {
 
     /// Restarts the unit after `delay`, waits for it to be active in a new run, and checks its
     /// health. A start refused for systemd's start limit is retried once after `reset-failed`.
+    /// Called once systemd has handled the death (see [`Systemd::await_reaped`]).
     async fn restart(
         &self,
         bus: &Systemd,
@@ -259,15 +268,9 @@ impl Recovery {
             );
             tokio::time::sleep(delay).await;
             // systemd's own Restart= may have been quicker.
-            if let Ok(Settled::Active { .. }) = bus.settle(unit, old, Instant::now()).await {
+            if let Ok(Settled::Active) = bus.settle(unit, old, Instant::now()).await {
                 return Ok(self.restarted_by_systemd(unit, policy, progress).await);
             }
-        }
-        if let Err(e) = bus
-            .await_reaped(unit, old, Instant::now() + REAP_WAIT)
-            .await
-        {
-            return Ok(self.failure(progress, &e).await);
         }
         let until = Instant::now() + policy.health.as_ref().map_or(ACTIVE_WAIT, |h| h.deadline);
         let mut reset = false;
@@ -290,7 +293,7 @@ impl Recovery {
                 i.crash_to_restart_ms.get_or_insert(ms);
             });
             match bus.settle(unit, old, until).await {
-                Ok(Settled::Active { .. }) => break,
+                Ok(Settled::Active) => break,
                 // Refused before any run began: systemd's start limit (or a condition or a
                 // dependency). Clearing the failed state resets the limit; try once more.
                 Ok(Settled::Down { result, new_run })
@@ -412,8 +415,11 @@ pub async fn handle(
     fast: bool,
     progress: Progress,
 ) {
-    let policy = recovery.config().policy(&unit).cloned();
-    let acting = policy.filter(|p| p.restart != RestartMode::Report);
+    let acting = recovery
+        .config()
+        .policy(&unit)
+        .filter(|p| p.restarts())
+        .cloned();
     match acting {
         Some(policy) if fast => {
             let deaths = recovery.failed(&unit);
