@@ -156,6 +156,41 @@ impl Machine {
         machine
     }
 
+    /// As [`Machine::boot`], with the demo service (tests/demo/app.py) at /opt/demo/app.py.
+    ///
+    /// # Panics
+    /// As [`Machine::boot`].
+    #[must_use]
+    pub fn boot_demo(units: &[(&str, &str)]) -> Self {
+        Self::boot_with(
+            units,
+            &[(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py"),
+                "/opt/demo/app.py",
+            )],
+        )
+    }
+
+    /// `systemctl show --value --property=PROPERTY UNIT` inside the machine.
+    #[must_use]
+    pub fn show(&self, unit: &str, property: &str) -> String {
+        let out = self.run(&[
+            "systemctl",
+            "show",
+            "--value",
+            &format!("--property={property}"),
+            unit,
+        ]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `systemctl is-active UNIT` inside the machine: `active`, `failed`, ...
+    #[must_use]
+    pub fn is_active(&self, unit: &str) -> String {
+        let out = self.run(&["systemctl", "is-active", unit]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// The machine's files seen from the host, for `detector run --root`.
     #[must_use]
     pub fn root(&self) -> String {

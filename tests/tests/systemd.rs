@@ -102,16 +102,9 @@ fn deaths_in_units_are_named_with_their_unit() {
         let invocation = record["invocation_id"]
             .as_str()
             .unwrap_or_else(|| panic!("no invocation_id: {record}"));
-        let shown = machine.run(&[
-            "systemctl",
-            "show",
-            "--value",
-            "--property=InvocationID",
-            unit,
-        ]);
         assert_eq!(
             invocation,
-            String::from_utf8_lossy(&shown.stdout).trim(),
+            machine.show(unit, "InvocationID"),
             "systemd's own id for {unit}"
         );
 
@@ -242,14 +235,7 @@ fn check_port_in_use(machine: &Machine, daemon: &Daemon) {
 fn check_killed_by_another(machine: &Machine, daemon: &Daemon) -> Value {
     machine.systemctl(&["start", "demo-victim.service"]);
     machine.wait_healthy("http://127.0.0.1:18001/health");
-    let main = machine.run(&[
-        "systemctl",
-        "show",
-        "--value",
-        "--property=MainPID",
-        "demo-victim.service",
-    ]);
-    let main = String::from_utf8_lossy(&main.stdout).trim().to_owned();
+    let main = machine.show("demo-victim.service", "MainPID");
     // The minbase machine has no kill(1): the shell's builtin sends it. SIGKILL, because systemd
     // counts SIGTERM (like SIGHUP, SIGINT, SIGPIPE) as a clean exit of a service: no failure.
     let kill = machine.run(&["sh", "-c", &format!("kill -KILL {main}")]);
@@ -294,10 +280,9 @@ fn common_failure_units() -> [(&'static str, String); 7] {
 
 #[test]
 fn common_failures_are_named_and_recovered_as_the_policy_says() {
-    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
     let units = common_failure_units();
     let units: Vec<(&str, &str)> = units.iter().map(|(n, c)| (*n, c.as_str())).collect();
-    let machine = Machine::boot_with(&units, &[(app, "/opt/demo/app.py")]);
+    let machine = Machine::boot_demo(&units);
     let config = [
         policy("demo-import.service", "report", 18002),
         policy("demo-exception.service", "restart", 18003),
@@ -378,8 +363,7 @@ fn common_failures_are_named_and_recovered_as_the_policy_says() {
         ("demo-segv.service", "active"),
         ("demo-import.service", "failed"),
     ] {
-        let out = machine.run(&["systemctl", "is-active", unit]);
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), state, "{unit}");
+        assert_eq!(machine.is_active(unit), state, "{unit}");
     }
     let victim = check_killed_by_another(&machine, &daemon);
     // Restart=on-failure brings it back after 1 s; detector watches rather than restarting.
@@ -394,14 +378,12 @@ fn common_failures_are_named_and_recovered_as_the_policy_says() {
 /// restarted at once, then after a back-off, then given up.
 #[test]
 fn a_crash_loop_is_given_up() {
-    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
-    let machine = Machine::boot_with(
+    let machine = Machine::boot_demo(
         // Half a second of startup: each restarted run is seen active before it fails.
         &[(
             "demo-loop.service",
             &demo("env", 18006, "Environment=DEMO_STARTUP_DELAY=0.5\n"),
         )],
-        &[(app, "/opt/demo/app.py")],
     );
     let config = format!(
         "{}\ncrash_loop = {{ max_restarts = 2, window = \"1m\", backoff = \"300ms\" }}\n",
@@ -447,21 +429,16 @@ fn a_crash_loop_is_given_up() {
             .is_some_and(|d| d.starts_with("2 restarts within 60s")),
         "{gave_up}"
     );
-    let out = machine.run(&["systemctl", "is-active", "demo-loop.service"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "failed");
+    assert_eq!(machine.is_active("demo-loop.service"), "failed");
 }
 
 #[test]
 fn oom_kill_in_a_unit_is_named() {
-    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
     // Fails once: the run after the restart serves without hoarding.
-    let machine = Machine::boot_with(
-        &[(
-            "demo-hog.service",
-            &demo("hog", 18007, "Environment=DEMO_FAIL_ONCE=/run/hog.failed\n"),
-        )],
-        &[(app, "/opt/demo/app.py")],
-    );
+    let machine = Machine::boot_demo(&[(
+        "demo-hog.service",
+        &demo("hog", 18007, "Environment=DEMO_FAIL_ONCE=/run/hog.failed\n"),
+    )]);
     let (daemon, _config) =
         machine.watch_with_config(&policy("demo-hog.service", "expedite", 18007));
     machine.systemctl(&["start", "demo-hog.service"]);
@@ -567,31 +544,27 @@ fn configured_units_are_checked_and_restartable_over_the_bus() {
 /// systemd's bus gone (the restart fails with an error naming the socket; the daemon goes on).
 #[test]
 fn failed_recoveries_are_reported_and_never_lost() {
-    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
-    let machine = Machine::boot_with(
-        &[
-            // Serves on 18008 after one segfault; its health check asks 18009, where nobody is.
-            (
-                "demo-slow.service",
-                &demo(
-                    "segv",
-                    18008,
-                    "Environment=DEMO_FAIL_ONCE=/run/slow.failed\n",
-                ),
+    let machine = Machine::boot_demo(&[
+        // Serves on 18008 after one segfault; its health check asks 18009, where nobody is.
+        (
+            "demo-slow.service",
+            &demo(
+                "segv",
+                18008,
+                "Environment=DEMO_FAIL_ONCE=/run/slow.failed\n",
             ),
-            ("demo-nobus.service", &demo("exception", 18009, "")),
-            // Serves on 18006 after one segfault, but its check asks a path it answers 404.
-            (
-                "demo-sick.service",
-                &demo(
-                    "segv",
-                    18006,
-                    "Environment=DEMO_FAIL_ONCE=/run/sick.failed\n",
-                ),
+        ),
+        ("demo-nobus.service", &demo("exception", 18009, "")),
+        // Serves on 18006 after one segfault, but its check asks a path it answers 404.
+        (
+            "demo-sick.service",
+            &demo(
+                "segv",
+                18006,
+                "Environment=DEMO_FAIL_ONCE=/run/sick.failed\n",
             ),
-        ],
-        &[(app, "/opt/demo/app.py")],
-    );
+        ),
+    ]);
     let sick = "[[unit]]\nname = \"demo-sick.service\"\nrestart = \"expedite\"\n\
                 health = { url = \"http://127.0.0.1:18006/ready\", interval = \"50ms\", deadline = \"1s\" }\n";
     let (daemon, _config) = machine.watch_with_config(&format!(
@@ -651,7 +624,6 @@ fn failed_recoveries_are_reported_and_never_lost() {
 /// comes back healthy.
 #[test]
 fn a_unit_past_its_start_limit_is_restarted_after_reset_failed() {
-    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
     let unit = format!(
         "[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=1\n{}",
         demo(
@@ -660,10 +632,7 @@ fn a_unit_past_its_start_limit_is_restarted_after_reset_failed() {
             "Environment=DEMO_FAIL_ONCE=/run/limit.failed\n"
         )
     );
-    let machine = Machine::boot_with(
-        &[("demo-limit.service", &unit)],
-        &[(app, "/opt/demo/app.py")],
-    );
+    let machine = Machine::boot_demo(&[("demo-limit.service", &unit)]);
     let (daemon, _config) =
         machine.watch_with_config(&policy("demo-limit.service", "expedite", 18007));
     machine.systemctl(&["start", "--no-block", "demo-limit.service"]);

@@ -69,14 +69,13 @@ fn line(what: &str, mut v: Vec<f64>) -> (f64, f64) {
 }
 
 fn main() {
-    let app = concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py");
     // The seed's unit: Restart=on-failure after 5 s. No start rate limit: the benchmark restarts
     // it far more often than a healthy service would be.
     let unit = format!(
         "[Unit]\nStartLimitIntervalSec=0\n[Service]\nEnvironment=DEMO_MODE=ok DEMO_PORT={PORT}\n\
          Restart=on-failure\nRestartSec=5\nExecStart=/usr/bin/python3 /opt/demo/app.py\n"
     );
-    let machine = Machine::boot_with(&[(UNIT, &unit)], &[(app, "/opt/demo/app.py")]);
+    let machine = Machine::boot_demo(&[(UNIT, &unit)]);
     // A window of 1 ms: every crash here is a first one, restarted without back-off.
     let config = format!(
         "[[unit]]\nname = \"{UNIT}\"\nrestart = \"expedite\"\n\
