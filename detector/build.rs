@@ -4,6 +4,8 @@
 
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
+// Not called: depending on it makes cargo rebuild the daemon when the kernel programs change.
+use detector_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

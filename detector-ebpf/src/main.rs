@@ -25,16 +25,22 @@ mod oom;
 mod signal;
 
 /// The BPF helpers we call (`bpf_probe_read_kernel`, ...) are GPL-only.
+// SAFETY: `license` is the section the loader reads the licence string from; nothing else is
+// placed there, and the unmangled name `LICENSE` clashes with no other symbol in this object.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 /// Sizes and alignments of the shared types as the BPF compiler laid them out; the daemon's tests
 /// compare this symbol in the embedded object with its own view (`detector_common::LAYOUTS`).
+// SAFETY: the unmangled name is unique in this object; the daemon's test finds it by name.
 #[unsafe(no_mangle)]
 #[used]
 static DETECTOR_LAYOUTS: [u32; detector_common::LAYOUTS.len()] = detector_common::LAYOUTS;
 
+// Hand-written rather than aya's `ebpf-panic`: that crate is the same loop, but it is not
+// published on crates.io (`publish = false` in aya's workspace), and a git dependency is out of
+// reach of this project's machines.
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

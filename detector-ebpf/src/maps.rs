@@ -30,6 +30,8 @@ pub static OOM_VICTIMS: LruHashMap<u32, OomInfo> = LruHashMap::with_max_entries(
 pub static LAST_RECLAIM: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Offsets of kernel fields in this kernel, set by the loader from BTF and tracepoint formats.
+// SAFETY: the loader finds this global by its unmangled name to set it; no other symbol in the
+// object has that name.
 #[unsafe(no_mangle)]
 pub static OFFSETS: Global<Offsets> = Global::new(Offsets::ABSENT);
 

@@ -1,28 +1,24 @@
-//! detector: sees every process death and OOM kill through eBPF and writes one record per death.
+//! detector: sees every process death and OOM kill through eBPF, names the systemd unit that
+//! died and why, recovers it as its policy says, and writes one record per death and one
+//! incident per unit failure.
 //!
-//! Modules follow the data: [`probes`] (kernel programs) → ring buffer → [`decode`] →
-//! [`correlate`] → [`enrich`] (cgroup paths, [`units`]) → [`sinks`], driven by [`daemon`]. Deaths
-//! that fail a unit go on through [`policy`] → [`actions`] (systemd over D-Bus) and [`health`],
-//! driven by [`recovery`], and become [`incident`]s with the [`journal`]'s last lines.
+//! One folder per stage of the flow, in order; a stage may import an earlier one, never a later
+//! one (`tests/layout.rs` checks it). ARCHITECTURE.md at the repository root draws the flow.
+//!
+//! [`kernel`] → [`death`] → [`unit`] → [`journal`] → [`incident`] → [`recovery`] → [`sinks`],
+//! configured by [`config`], wired by [`daemon`], started from [`cli`].
 
-pub mod actions;
-pub mod btf;
-pub mod causes;
-pub mod clock;
-pub mod config;
-pub mod correlate;
-pub mod daemon;
-pub mod decode;
-pub mod enrich;
-pub mod health;
-pub mod incident;
-pub mod journal;
-pub mod policy;
-pub mod ports;
-pub mod probes;
-pub mod record;
-pub mod recovery;
-pub mod signals;
-pub mod sinks;
-pub mod tracefs;
-pub mod units;
+pub mod cli;
+mod config;
+mod daemon;
+mod death;
+mod incident;
+mod journal;
+mod kernel;
+mod recovery;
+mod sinks;
+mod unit;
+
+/// The D-Bus client for the watched systemd, for the end-to-end tests that act on a machine's
+/// units directly.
+pub use recovery::systemd::{Systemd, UnitState};

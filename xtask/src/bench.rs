@@ -170,7 +170,7 @@ fn build_helper(name: &str) -> Result<PathBuf> {
     Ok(crate::root().join("target/release").join(name))
 }
 
-pub fn all(daemon: &Path) -> Result<()> {
+pub(crate) fn all(daemon: &Path) -> Result<()> {
     let victim = build_helper("victim")?;
     for (label, code) in [
         ("clean exits (filtered in kernel)", 0),
@@ -208,7 +208,7 @@ pub fn all(daemon: &Path) -> Result<()> {
 
 /// The restart benchmarks, run by `restart-bench` from the tests crate, which has the machine
 /// and daemon harness.
-pub fn restart(daemon: &Path, machine_root: &Path) -> Result<()> {
+pub(crate) fn restart(daemon: &Path, machine_root: &Path) -> Result<()> {
     crate::run(
         Command::new(build_helper("restart-bench")?)
             .env("DETECTOR_BIN", daemon)

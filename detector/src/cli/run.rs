@@ -1,0 +1,90 @@
+//! `detector run`: the daemon's options, the process settings it needs (niceness, open files),
+//! and its single-threaded runtime.
+
+use std::path::PathBuf;
+
+use crate::{config, daemon};
+
+#[derive(clap::Args)]
+pub(super) struct Args {
+    /// Size of the kernel → daemon ring buffer in bytes (a power of two, at least one page). It
+    /// counts twice in the resident memory (the kernel maps it twice for wrap-around).
+    #[arg(long, default_value_t = 2 << 20, value_parser = parse_ringbuf_bytes)]
+    ringbuf_bytes: u32,
+    /// Scheduling niceness for the daemon (-20..=19). Below 0 by default so that records stay
+    /// prompt when the host's CPUs are saturated, which is when processes tend to die.
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
+    /// Where the watched systemd instance's files are: `/` on a host, `/host` for a daemon
+    /// in a container with the host mounted there, `/proc/PID/root` for a systemd-nspawn
+    /// machine watched from its host. Units are named as that systemd names them.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// How many of a failed run's last journal lines an incident carries.
+    #[arg(long, default_value_t = config::DEFAULT_JOURNAL_LINES)]
+    journal_lines: usize,
+    /// Unit policies and cause rules (TOML; see `detector check-config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|e| format!("`{s}` is not a byte count: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 4096 bytes"));
+    }
+    Ok(n)
+}
+
+/// The daemon keeps a directory open per live unit cgroup (see `unit::cgroups`): lift the soft
+/// limit on open files to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+    }
+}
+
+/// Sets this process's niceness. Failing is not fatal: the records are the same, only later
+/// under load.
+fn set_nice(nice: i32) {
+    // SAFETY: setpriority has no memory-safety preconditions; `0` means this process.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc != 0 {
+        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot set the daemon's niceness");
+    }
+}
+
+/// Runs the daemon on a single-threaded runtime (its work is one ordered stream). A bad
+/// configuration stops the start with the file and line of the problem.
+pub(super) fn run(args: Args) -> anyhow::Result<()> {
+    let Args {
+        ringbuf_bytes,
+        nice,
+        root,
+        journal_lines,
+        config,
+    } = args;
+    let config = config
+        .as_deref()
+        .map(config::load)
+        .transpose()?
+        .unwrap_or_default();
+    raise_fd_limit();
+    set_nice(nice);
+    let options = daemon::Options {
+        ringbuf_bytes,
+        root,
+        journal_lines,
+        config,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(daemon::run(options))
+}

@@ -1,0 +1,181 @@
+//! The configuration's documented shape, and its errors naming file and line.
+
+use std::{path::Path, time::Duration};
+
+use super::{CrashLoop, RestartMode, duration::parse_duration, load, parse};
+
+const ISSUE_EXAMPLE: &str = r#"
+[[unit]]
+name = "fastapi-app.service"
+restart = "expedite"        # "report" (never restart) | "restart" | "expedite"
+journal_lines = 30
+health = { url = "http://127.0.0.1:8000/health", expect = 200, timeout = "1s", interval = "200ms", deadline = "30s" }
+crash_loop = { max_restarts = 5, window = "5m" }
+"#;
+
+#[test]
+fn the_documented_shape_parses() {
+    let config = parse("c.toml", ISSUE_EXAMPLE).expect("valid");
+    let unit = &config.units[0];
+    assert_eq!(
+        (unit.name.as_str(), unit.restart, unit.journal_lines),
+        ("fastapi-app.service", RestartMode::Expedite, 30)
+    );
+    let health = unit.health.as_ref().expect("health");
+    assert_eq!(health.url.as_str(), "http://127.0.0.1:8000/health");
+    assert_eq!(
+        (
+            health.expect,
+            health.timeout,
+            health.interval,
+            health.deadline
+        ),
+        (
+            200,
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+            Duration::from_secs(30)
+        )
+    );
+    assert_eq!(
+        unit.crash_loop,
+        CrashLoop {
+            max_restarts: 5,
+            window: Duration::from_mins(5),
+            backoff: Duration::from_secs(1)
+        }
+    );
+    assert!(
+        config.policy("fastapi-app.service").is_some() && config.policy("other.service").is_none()
+    );
+}
+
+#[test]
+fn errors_name_the_line_and_the_problem() {
+    let cases: [(&str, usize, &str); 14] = [
+        ("[[unit]]\nname = \"app\"\n", 2, "needs a type suffix"),
+        (
+            "[[unit]]\nname = \"a/b.service\"\n",
+            2,
+            "not a systemd unit name",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\nrestart = \"always\"\n",
+            3,
+            "use \"report\", \"restart\" or \"expedite\"",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\n\nhealth = { url = \"localhost:8000\" }\n",
+            4,
+            "must be http:// with a host",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"https://h/\" }\n",
+            3,
+            "https is not supported",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 2, window = \"1m\", backoff = \"0s\" }\n",
+            3,
+            "crash_loop backoff must be more than zero",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://h/\", expect = 99 }\n",
+            3,
+            "not an HTTP status",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://h/\", timeout = \"1 s\" }\n",
+            3,
+            "is not a duration",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 0, window = \"5m\" }\n",
+            3,
+            "at least 1",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\njournal_lines = -1\n",
+            3,
+            "use 1 to 10000",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\n[[unit]]\nname = \"a.service\"\n",
+            4,
+            "listed twice",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\nrestrat = \"report\"\n",
+            3,
+            "unknown field `restrat`",
+        ),
+        ("[[unit]]\nname = \"a.service\n", 2, ""),
+        (
+            "[[rule]]\ncause = \"x\"\npattern = \"(unclosed\"\ndetail = \"d\"\n",
+            3,
+            "pattern",
+        ),
+    ];
+    for (text, line, needle) in cases {
+        let err = parse("c.toml", text).expect_err(text);
+        assert_eq!(
+            (err.file.as_str(), err.line),
+            ("c.toml", line),
+            "{text:?}: {err}"
+        );
+        assert!(err.message.contains(needle), "{text:?}: {err}");
+        assert!(
+            err.to_string().starts_with(&format!("c.toml:{line}: ")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn templates_cover_their_instances() {
+    let config = parse("c.toml", "[[unit]]\nname = \"app@.service\"\n").expect("valid");
+    for (unit, covered) in [
+        ("app@1.service", true),
+        ("app@web.service", true),
+        ("app@.service", true),
+        ("app.service", false),
+        ("apps@1.service", false),
+        ("app@1.socket", false),
+    ] {
+        assert_eq!(config.policy(unit).is_some(), covered, "{unit}");
+    }
+}
+
+#[test]
+fn durations() {
+    for (text, want) in [
+        ("200ms", Some(200_u64)),
+        ("1s", Some(1000)),
+        ("5m", Some(300_000)),
+        ("1h", Some(3_600_000)),
+        ("5", None),
+        ("s", None),
+        ("1.5s", None),
+        ("-1s", None),
+    ] {
+        assert_eq!(
+            parse_duration(text).ok().map(|d| d.as_millis()),
+            want.map(u128::from),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = load(Path::new("/nonexistent/detector.toml")).expect_err("missing");
+    assert_eq!(
+        (
+            err.line,
+            err.to_string()
+                .starts_with("/nonexistent/detector.toml:0: cannot read")
+        ),
+        (0, true),
+        "{err}"
+    );
+}

@@ -1,0 +1,132 @@
+//! Stage 5, the incident: one record per unit failure, telling an operator what died, why, and
+//! what happened next. It is opened at the death (with the cause the death alone tells), takes
+//! the journal's account when it comes, gets a step in its timeline for each thing the recovery
+//! does ([`Progress`]), and goes to the sinks as `kind: "incident"` once the recovery is over
+//! (healthy, failed, or given up).
+//!
+//! The incident comes before recovery in the flow, although the issue that laid out the folders
+//! listed it after: recovery writes into an open incident's timeline, so recovery imports it,
+//! never the reverse.
+//!
+//! - In: an [`ExitRecord`] and its provisional cause, then the journal's [`Account`].
+//! - Out: [`Incident`]s on a channel, finished or `interrupted`, never lost.
+//! - Must not know: D-Bus, health checks, policies (the recovery reports its steps through
+//!   [`Progress`]), sinks.
+
+mod progress;
+
+use serde::Serialize;
+
+pub(crate) use self::progress::Progress;
+use crate::{
+    death::record::ExitRecord,
+    journal::{Account, causes::Cause},
+    unit::ports::Holder,
+};
+
+/// One step of an incident, in time order.
+#[expect(
+    clippy::struct_field_names,
+    reason = "`step` is the JSON field operators read: `{\"at\": ..., \"step\": \"health_ok\"}`"
+)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Step {
+    /// RFC 3339 with µs.
+    pub at: String,
+    /// `detected`, `restart_requested`, `unit_active`, `health_ok`, `health_failed`,
+    /// `backoff`, `gave_up`, ... (see the README).
+    pub step: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What detector did about the failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Action {
+    /// Nothing: the unit is not configured, or its policy is `report`.
+    Reported,
+    /// We restarted the unit.
+    Restarted,
+    /// systemd restarted the unit by its own `Restart=`; we watched.
+    Watched,
+    /// Too many restarts within the crash-loop window: we did not restart it.
+    GaveUp,
+    /// We meant to restart it and could not (the bus, or systemd, said no).
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Incident {
+    pub kind: &'static str,
+    pub unit: String,
+    pub invocation_id: Option<String>,
+    pub pid: u32,
+    /// `oom_kill`, `missing_dependency`, `port_in_use`, `missing_env`, `signal`,
+    /// `startup_failure`, `exit_code`, or an operator's own (see `causes`).
+    pub cause: String,
+    /// The cause in words an operator reads once.
+    pub detail: String,
+    /// The failed run's last journal lines, oldest first.
+    pub journal: Vec<String>,
+    /// For `port_in_use`: the process (and unit) listening on the port.
+    pub port_holder: Option<Holder>,
+    pub action: Action,
+    /// From the death (kernel time) to our restart request accepted by systemd, or to systemd's
+    /// own restart seen.
+    pub crash_to_restart_ms: Option<f64>,
+    /// From the death to the unit active again in a new run.
+    pub crash_to_active_ms: Option<f64>,
+    /// From the death to the first passing health check.
+    pub crash_to_healthy_ms: Option<f64>,
+    pub timeline: Vec<Step>,
+    /// Kernel time of the death, for the durations.
+    #[serde(skip)]
+    pub died_ns: u64,
+}
+
+impl Incident {
+    /// The incident for a death that failed `unit`, with its cause already classified.
+    #[must_use]
+    pub(crate) fn from_death(unit: &str, record: &ExitRecord, (cause, detail): Cause) -> Self {
+        Self {
+            kind: "incident",
+            unit: unit.to_owned(),
+            invocation_id: record.invocation_id.clone(),
+            pid: record.pid,
+            cause,
+            detail,
+            journal: Vec::new(),
+            port_holder: None,
+            action: Action::Reported,
+            crash_to_restart_ms: None,
+            crash_to_active_ms: None,
+            crash_to_healthy_ms: None,
+            timeline: vec![Step {
+                at: record.time.clone(),
+                step: "detected",
+                detail: None,
+            }],
+            died_ns: record.ktime_ns,
+        }
+    }
+
+    /// Takes what the journal said (run, cause, lines, port holder); keeps the recovery's own
+    /// fields.
+    pub(crate) fn journaled(&mut self, account: Account) {
+        let Account {
+            main_process: _,
+            invocation_id,
+            lines,
+            cause: (cause, detail),
+            port_holder,
+        } = account;
+        if invocation_id.is_some() {
+            self.invocation_id = invocation_id;
+        }
+        self.cause = cause;
+        self.detail = detail;
+        self.journal = lines;
+        self.port_holder = port_holder;
+    }
+}

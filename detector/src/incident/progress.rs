@@ -1,0 +1,112 @@
+//! An incident while its recovery runs: steps are added as they happen, from the journal's
+//! answer and the recovery's actions (two futures of one task), and the incident goes out once,
+//! when done or when the daemon stops.
+
+use std::sync::{Mutex, PoisonError};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{Incident, Step};
+use crate::kernel::clock::{self, Clock};
+
+/// ns as ms, to the µs.
+fn ms(ns: u64) -> f64 {
+    (ns / 1000) as f64 / 1000.0
+}
+
+/// An incident while its recovery runs: steps are added as they happen. Dropped unfinished (the
+/// daemon stopping mid-recovery), it still goes out, with an `interrupted` step: an incident is
+/// never lost.
+pub(crate) struct Progress {
+    /// None once sent or discarded. Behind a lock: the journal's answer and the recovery's steps
+    /// come from two futures of the same task.
+    incident: Mutex<Option<Incident>>,
+    out: UnboundedSender<Incident>,
+}
+
+impl Progress {
+    #[must_use]
+    pub(crate) fn new(incident: Incident, out: UnboundedSender<Incident>) -> Self {
+        Self {
+            incident: Mutex::new(Some(incident)),
+            out,
+        }
+    }
+
+    /// Changes the incident (if it is still open).
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Incident) -> T) -> Option<T> {
+        self.incident
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .map(f)
+    }
+
+    /// Adds a step now.
+    pub(crate) fn step(&self, step: &'static str, detail: Option<String>) {
+        let _ = self.timed_step(step, detail);
+    }
+
+    /// Adds a step now; returns how long after the death it came, in ms.
+    #[must_use]
+    pub(crate) fn timed_step(&self, step: &'static str, detail: Option<String>) -> f64 {
+        self.timed_step_at(clock::monotonic_ns(), step, detail)
+    }
+
+    /// Adds a step that happened at `now` (CLOCK_MONOTONIC ns); returns how long after the
+    /// death it came, in ms.
+    #[must_use]
+    pub(crate) fn timed_step_at(
+        &self,
+        now: u64,
+        step: &'static str,
+        detail: Option<String>,
+    ) -> f64 {
+        self.with(|i| {
+            i.timeline.push(Step {
+                at: Clock::now().rfc3339(now),
+                step,
+                detail,
+            });
+            ms(now.saturating_sub(i.died_ns))
+        })
+        .unwrap_or_default()
+    }
+
+    /// Sends the incident.
+    pub(crate) fn finish(self) {
+        self.send(None);
+    }
+
+    /// Drops the incident: the death did not fail its unit.
+    pub(crate) fn discard(self) {
+        self.take();
+    }
+
+    fn take(&self) -> Option<Incident> {
+        self.incident
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Sends the incident if it is still open, after a last step if one is given.
+    fn send(&self, last: Option<&'static str>) {
+        if let Some(step) = last {
+            self.step(
+                step,
+                Some("detector stopped before the recovery ended".to_owned()),
+            );
+        }
+        if let Some(incident) = self.take() {
+            // The receiver lives as long as the daemon's main loop, which outlives every task.
+            let _ = self.out.send(incident);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.send(Some("interrupted"));
+    }
+}

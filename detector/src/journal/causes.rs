@@ -1,0 +1,312 @@
+//! Why a unit failed, in words an operator can act on.
+//!
+//! From the death itself: `oom_kill`, `signal`, `exit_code`, and `startup_failure` for a death
+//! within the unit's startup grace. From the failed run's journal lines, by rules kept as data
+//! (`rules.toml`, and operators' own `[[rule]]`s): `missing_dependency`, `port_in_use`,
+//! `missing_env`, and whatever causes operators add. Precedence: an OOM kill is always reported as
+//! one; then a matching journal rule (it names the fix); then a signal; then a startup failure;
+//! then the exit code.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{config::rules::Rule, death::record::ExitRecord};
+
+/// A cause (`oom_kill`, `missing_env`, ...) and its detail in words an operator reads once.
+pub(crate) type Cause = (String, String);
+
+#[derive(Deserialize)]
+struct RuleFile {
+    rule: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+struct RawRule {
+    cause: String,
+    pattern: String,
+    detail: String,
+}
+
+/// The built-in rules, from `rules.toml`.
+///
+/// # Panics
+/// Never at run time: a test checks the embedded file parses.
+#[must_use]
+pub(crate) fn builtin() -> Vec<Rule> {
+    let file: RuleFile =
+        toml::from_str(include_str!("rules.toml")).unwrap_or_else(|e| panic!("rules.toml: {e}"));
+    file.rule
+        .into_iter()
+        .map(
+            |RawRule {
+                 cause,
+                 pattern,
+                 detail,
+             }| {
+                Rule::new(&cause, &pattern, &detail).unwrap_or_else(|e| panic!("rules.toml: {e}"))
+            },
+        )
+        .collect()
+}
+
+/// What a death tells besides its journal.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Context {
+    /// Time from the unit's start to the death, when known.
+    pub uptime: Option<Duration>,
+    /// A death sooner than this after start is a startup failure.
+    pub startup_grace: Duration,
+}
+
+fn death_cause(record: &ExitRecord) -> Cause {
+    if let Some(signal) = &record.signal {
+        let core = if record.core_dumped {
+            ", core dumped"
+        } else {
+            ""
+        };
+        let by = match &record.killed_by {
+            Some(k) if k.kernel && k.pid == record.pid => {
+                " raised by the kernel (a fault in the process)".to_owned()
+            }
+            Some(k) if k.kernel => " sent by the kernel".to_owned(),
+            Some(k) if k.pid == record.pid => " sent by the process itself".to_owned(),
+            Some(k) => format!(" sent by {} (pid {})", k.comm, k.pid),
+            None => String::new(),
+        };
+        return ("signal".to_owned(), format!("killed by {signal}{by}{core}"));
+    }
+    let code = record
+        .exit_code
+        .map_or_else(|| "?".to_owned(), |c| c.to_string());
+    ("exit_code".to_owned(), format!("exited with status {code}"))
+}
+
+/// The cause and its detail for a death, its run's journal lines (oldest first), and `rules`
+/// (operators' first, then the built-in ones).
+#[must_use]
+pub(crate) fn classify(
+    record: &ExitRecord,
+    journal: &[String],
+    rules: &[Rule],
+    context: Context,
+) -> Cause {
+    if let Some(oom) = &record.oom {
+        let memory = oom.anon_rss_kb.map_or_else(String::new, |kb| {
+            format!(" with {kb} kB of anonymous memory")
+        });
+        let place = match (oom.constraint.as_deref(), oom.memcg.as_deref()) {
+            (Some("memcg"), Some(memcg)) => format!(": memory cgroup {memcg} reached its limit"),
+            (Some("global"), _) => ": the host ran out of memory".to_owned(),
+            _ => String::new(),
+        };
+        return (
+            "oom_kill".to_owned(),
+            format!("killed by the OOM killer{memory}{place}"),
+        );
+    }
+    for line in journal.iter().rev() {
+        if let Some((rule, detail)) = rules.iter().find_map(|r| r.apply(line).map(|d| (r, d))) {
+            return (rule.cause.clone(), detail);
+        }
+    }
+    let (cause, detail) = death_cause(record);
+    if cause == "exit_code"
+        && let Some(uptime) = context.uptime.filter(|u| *u < context.startup_grace)
+    {
+        return (
+            "startup_failure".to_owned(),
+            format!("{detail} {} ms after it started", uptime.as_millis()),
+        );
+    }
+    (cause, detail)
+}
+
+/// The cause told by the death alone (`oom_kill`, `signal`, `exit_code`), before its journal
+/// lines and its run's start are known.
+#[must_use]
+pub(crate) fn from_death(record: &ExitRecord) -> Cause {
+    let unknown = Context {
+        uptime: None,
+        startup_grace: Duration::ZERO,
+    };
+    classify(record, &[], &[], unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::death::record::{KilledBy, OomRecord};
+
+    fn record() -> ExitRecord {
+        ExitRecord {
+            kind: "exit",
+            time: "t".into(),
+            pid: 10,
+            ppid: 1,
+            tid: 10,
+            comm: "python3".into(),
+            cgroup: None,
+            cgroup_id: 1,
+            unit: Some("app.service".into()),
+            user_unit: None,
+            invocation_id: None,
+            exit_code: Some(1),
+            signal: None,
+            core_dumped: false,
+            wait_status: 1 << 8,
+            oom: None,
+            killed_by: None,
+            latency_us: 0,
+            ktime_ns: 0,
+        }
+    }
+
+    const LATE: Context = Context {
+        uptime: Some(Duration::from_mins(10)),
+        startup_grace: Duration::from_secs(10),
+    };
+
+    fn lines(text: &[&str]) -> Vec<String> {
+        text.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn journal_rules_name_the_common_causes() {
+        let rules = builtin();
+        let cases: [(&[&str], &str, &str); 6] = [
+            (
+                &[
+                    "Traceback (most recent call last):",
+                    "ModuleNotFoundError: No module named 'fastapi'",
+                ],
+                "missing_dependency",
+                "Python module 'fastapi' is not installed",
+            ),
+            (
+                &[
+                    "/opt/app/bin: error while loading shared libraries: libssl.so.3: cannot open shared object file",
+                ],
+                "missing_dependency",
+                "shared library libssl.so.3 is missing",
+            ),
+            (
+                &[
+                    "ERROR:    [Errno 98] error while attempting to bind on address ('0.0.0.0', 8000): address already in use",
+                ],
+                "port_in_use",
+                "the address it listens on is already in use",
+            ),
+            (
+                &[
+                    "    raise KeyError(key) from None",
+                    "KeyError: 'DATABASE_URL'",
+                ],
+                "missing_env",
+                "environment variable DATABASE_URL is not set",
+            ),
+            (
+                &["fatal: environment variable \"API_TOKEN\" not set"],
+                "missing_env",
+                "environment variable API_TOKEN is not set",
+            ),
+            (
+                &["starting", "all good"],
+                "exit_code",
+                "exited with status 1",
+            ),
+        ];
+        for (journal, cause, detail) in cases {
+            assert_eq!(
+                classify(&record(), &lines(journal), &rules, LATE),
+                (cause.to_owned(), detail.to_owned()),
+                "{journal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn precedence() {
+        let rules = builtin();
+        let mut r = record();
+        let early = Context {
+            uptime: Some(Duration::from_millis(1500)),
+            startup_grace: Duration::from_secs(10),
+        };
+        // A crash during start-up with no better explanation.
+        assert_eq!(
+            classify(&r, &lines(&["ValueError: boom"]), &rules, early),
+            (
+                "startup_failure".into(),
+                "exited with status 1 1500 ms after it started".into()
+            )
+        );
+        // A journal rule beats the startup failure: it names the fix.
+        assert_eq!(
+            classify(&r, &lines(&["KeyError: 'DATABASE_URL'"]), &rules, early).0,
+            "missing_env"
+        );
+        // The newest matching line wins.
+        let both = lines(&[
+            "ModuleNotFoundError: No module named 'old'",
+            "KeyError: 'NEW_VAR'",
+        ]);
+        assert_eq!(classify(&r, &both, &rules, LATE).0, "missing_env");
+        // Signals are themselves the explanation.
+        r.exit_code = None;
+        r.signal = Some("SIGKILL".into());
+        r.killed_by = Some(KilledBy {
+            pid: 77,
+            comm: "bash".into(),
+            kernel: false,
+            si_code: 0,
+        });
+        assert_eq!(
+            classify(&r, &[], &rules, early),
+            (
+                "signal".into(),
+                "killed by SIGKILL sent by bash (pid 77)".into()
+            )
+        );
+        // An OOM kill is always one.
+        r.oom = Some(OomRecord {
+            total_vm_kb: Some(1),
+            anon_rss_kb: Some(65000),
+            file_rss_kb: None,
+            shmem_rss_kb: None,
+            oom_score_adj: None,
+            constraint: Some("memcg".into()),
+            memcg: Some("/system.slice/app.service".into()),
+            memcg_id: Some(5),
+            trigger_pid: 10,
+            trigger_comm: "python3".into(),
+        });
+        assert_eq!(
+            classify(&r, &lines(&["KeyError: 'X'"]), &rules, early),
+            ("oom_kill".into(), "killed by the OOM killer with 65000 kB of anonymous memory: memory cgroup /system.slice/app.service reached its limit".into())
+        );
+    }
+
+    #[test]
+    fn operator_rules_come_first() {
+        let mut rules = vec![
+            Rule::new(
+                "database_down",
+                "could not connect to server: (.+)",
+                "the database is unreachable: $1",
+            )
+            .expect("rule"),
+        ];
+        rules.extend(builtin());
+        let journal =
+            lines(&["psycopg2.OperationalError: could not connect to server: Connection refused"]);
+        assert_eq!(
+            classify(&record(), &journal, &rules, LATE),
+            (
+                "database_down".into(),
+                "the database is unreachable: Connection refused".into()
+            )
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Stage 1, the kernel side seen from userspace: load and attach the programs with this kernel's
+//! offsets (read from BTF and tracefs at load time), read the ring buffer, decode its records, and
+//! read the per-CPU failure counters.
+//!
+//! - In: the kernel object embedded by `build.rs`, `/sys/kernel/btf/vmlinux`, tracefs formats,
+//!   ring-buffer bytes.
+//! - Out: [`decode::Event`]s (a death, a cgroup created or removed), [`clock`] conversions of kernel
+//!   time, counter reports.
+//! - Must not know: units, systemd, the journal, policies, sinks. Nothing here imports another
+//!   stage.
+
+pub(crate) mod btf;
+pub(crate) mod clock;
+pub(crate) mod counters;
+pub(crate) mod decode;
+pub(crate) mod probes;
+pub(crate) mod tracefs;

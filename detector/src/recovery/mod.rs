@@ -1,0 +1,275 @@
+//! Stage 6, recovery: carries out the [`policy`] for a failed unit through systemd ([`systemd`],
+//! over D-Bus) and the [`health`] check, writing each step into the incident's timeline.
+//!
+//! A death whose parent is the watched systemd itself (a unit's main or control process) is acted
+//! on at once, while the journal thread is still gathering the run's lines: an `expedite` restart
+//! is requested within milliseconds of the death. Other deaths wait for PID 1's "Main process
+//! exited" in the journal, which tells a unit failure from a worker's death.
+//!
+//! - In: enriched [`ExitRecord`]s of deaths in services ([`dispatch`]), the journal's
+//!   [`Account`], the configuration's unit policies.
+//! - Out: calls to systemd, health checks, and steps in each open incident's [`Progress`]; the
+//!   incidents themselves go to the sinks through the channel [`Progress`] holds.
+//! - Must not know: the ring buffer and kernel records' layout, how incidents are written.
+
+mod dispatch;
+pub(crate) mod health;
+pub(crate) mod policy;
+mod restart;
+mod settle;
+pub(crate) mod systemd;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::{
+    sync::{oneshot, watch},
+    time::Instant,
+};
+
+pub(crate) use self::dispatch::{Dispatcher, check_units};
+use self::{
+    policy::{History, Plan},
+    restart::give_up,
+    systemd::{ActionError, Systemd},
+};
+use crate::{
+    config::{Config, RestartMode, UnitPolicy},
+    death::record::ExitRecord,
+    incident::{Action, Progress},
+    journal::Account,
+};
+
+/// How long a unit may take to come back when neither its health check's deadline nor its
+/// `RestartSec=` says.
+pub(crate) const ACTIVE_WAIT: Duration = Duration::from_secs(30);
+/// How long a restart or a watch waits for systemd to handle the death first: usually 1-3 ms.
+/// A control process's death while the unit is starting does not wait at all (the unit is not
+/// `active`); one while it stays active (a failed `ExecReload=`) waits this long.
+const REAP_WAIT: Duration = Duration::from_secs(1);
+/// Added to `RestartSec=` when watching systemd's own restart: its timer, then the start.
+pub(crate) const WATCH_MARGIN: Duration = Duration::from_secs(30);
+
+/// Per-unit state kept across failures.
+#[derive(Default)]
+struct Track {
+    history: History,
+    /// Bumped at each failure, so that a recovery still running for the last one stops.
+    deaths: Option<watch::Sender<u64>>,
+}
+
+/// The recovery side of the daemon, shared by the tasks handling deaths.
+pub(crate) struct Recovery {
+    root: PathBuf,
+    config: Arc<Config>,
+    bus: tokio::sync::Mutex<Option<Arc<Systemd>>>,
+    units: Mutex<HashMap<String, Track>>,
+    /// Made at the first health check: a daemon without any costs no memory for it.
+    http: std::sync::OnceLock<reqwest::Client>,
+}
+
+/// A recovery was cut short by the unit failing again.
+pub(crate) struct DiedAgain;
+
+impl Recovery {
+    #[must_use]
+    pub(crate) fn new(root: PathBuf, config: Arc<Config>, bus: Option<Systemd>) -> Self {
+        Self {
+            root,
+            config,
+            bus: tokio::sync::Mutex::new(bus.map(Arc::new)),
+            units: Mutex::new(HashMap::new()),
+            http: std::sync::OnceLock::new(),
+        }
+    }
+
+    #[must_use]
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The connection to systemd, made again if an earlier one failed.
+    async fn bus(&self) -> Result<Arc<Systemd>, ActionError> {
+        let mut bus = self.bus.lock().await;
+        if let Some(bus) = bus.as_ref() {
+            return Ok(Arc::clone(bus));
+        }
+        let connected = Arc::new(Systemd::connect(&self.root).await?);
+        *bus = Some(Arc::clone(&connected));
+        Ok(connected)
+    }
+
+    /// Forgets the connection after an error, so that the next failure connects afresh.
+    async fn drop_bus(&self) {
+        self.bus.lock().await.take();
+    }
+
+    fn with_track<T>(&self, unit: &str, f: impl FnOnce(&mut Track) -> T) -> T {
+        let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
+        f(units.entry(unit.to_owned()).or_default())
+    }
+
+    /// Notes a failure of `unit`: a recovery still running for an earlier one stops. Returns
+    /// what this failure's recovery watches for the next.
+    fn failed(&self, unit: &str) -> watch::Receiver<u64> {
+        self.with_track(unit, |track| {
+            let sender = track.deaths.get_or_insert_with(|| watch::channel(0).0);
+            sender.send_modify(|n| *n += 1);
+            let mut receiver = sender.subscribe();
+            receiver.borrow_and_update();
+            receiver
+        })
+    }
+
+    pub(crate) fn restarted(&self, unit: &str) {
+        self.with_track(unit, |track| track.history.restarted(Instant::now()));
+    }
+
+    pub(crate) fn recent(&self, unit: &str, window: Duration) -> usize {
+        self.with_track(unit, |track| track.history.recent(Instant::now(), window))
+    }
+
+    /// Carries out `policy` for the failure `record` of `unit`, writing steps into `progress`.
+    async fn recover(
+        &self,
+        unit: &str,
+        policy: &UnitPolicy,
+        record: &ExitRecord,
+        progress: &Progress,
+        mut deaths: watch::Receiver<u64>,
+    ) {
+        let outcome = tokio::select! {
+            outcome = self.run_policy(unit, policy, record, progress) => outcome,
+            _ = deaths.changed() => Err(DiedAgain),
+        };
+        match outcome {
+            Ok(action) => {
+                progress.with(|i| i.action = action);
+            }
+            Err(DiedAgain) => {
+                progress.step(
+                    "died_again",
+                    Some("the unit failed again before it recovered; see the next incident".into()),
+                );
+            }
+        }
+    }
+
+    async fn run_policy(
+        &self,
+        unit: &str,
+        policy: &UnitPolicy,
+        record: &ExitRecord,
+        progress: &Progress,
+    ) -> Result<Action, DiedAgain> {
+        let bus = match self.bus().await {
+            Ok(bus) => bus,
+            Err(e) => return Ok(self.failure(progress, &e).await),
+        };
+        // Only `restart` defers to the unit's own `Restart=`, and only it needs to read it.
+        let service = if policy.restart == RestartMode::Restart {
+            match bus.unit(unit).await {
+                Ok(state) => Some(state),
+                Err(e) => return Ok(self.failure(progress, &e).await),
+            }
+        } else {
+            None
+        };
+        let systemd_restarts = service
+            .as_ref()
+            .and_then(|s| s.restart.as_deref())
+            .is_some_and(|r| r != "no");
+        let recent = self.recent(unit, policy.crash_loop.window);
+        let plan = policy::plan(policy.restart, policy.crash_loop, systemd_restarts, recent);
+        if matches!(plan, Plan::Watch | Plan::Restart { .. })
+            && let Err(e) = bus
+                .await_reaped(
+                    unit,
+                    record.invocation_id.as_deref(),
+                    Instant::now() + REAP_WAIT,
+                )
+                .await
+        {
+            return Ok(self.failure(progress, &e).await);
+        }
+        match plan {
+            Plan::Report => Ok(Action::Reported),
+            Plan::GiveUp { restarts } => Ok(give_up(progress, policy, restarts)),
+            Plan::Watch => {
+                let restart_sec = service.and_then(|s| s.restart_sec).unwrap_or_default();
+                self.watch(&bus, unit, policy, record, progress, restart_sec)
+                    .await
+            }
+            Plan::Restart { delay } => {
+                self.restart(&bus, unit, policy, record, progress, delay)
+                    .await
+            }
+        }
+    }
+
+    /// A bus or systemd error: say it in the timeline and the log. The next failure connects
+    /// afresh: the error may be the connection's (a bus restarted, a machine rebooted), and a
+    /// new connection costs a millisecond.
+    pub(crate) async fn failure(&self, progress: &Progress, error: &ActionError) -> Action {
+        tracing::warn!("{error}");
+        progress.step("restart_failed", Some(error.to_string()));
+        self.drop_bus().await;
+        Action::Failed
+    }
+}
+
+/// Everything about one death in a service: the journal's account and, for a unit failure
+/// under a restarting policy, the recovery. `fast` says the death is known to be a unit's main
+/// or control process (its parent is the manager), so the recovery need not wait for the
+/// journal. Sends the incident when both are done; nothing when the death did not fail its unit.
+pub(crate) async fn handle(
+    recovery: Arc<Recovery>,
+    unit: String,
+    record: ExitRecord,
+    journal: oneshot::Receiver<Account>,
+    fast: bool,
+    progress: Progress,
+) {
+    let acting = recovery
+        .config()
+        .policy(&unit)
+        .filter(|p| p.restarts())
+        .cloned();
+    match acting {
+        Some(policy) if fast => {
+            let deaths = recovery.failed(&unit);
+            let recover = recovery.recover(&unit, &policy, &record, &progress, deaths);
+            let (journaled, ()) = tokio::join!(journal, recover);
+            if let Ok(account) = journaled {
+                progress.with(|i| i.journaled(account));
+            }
+        }
+        acting => {
+            match journal.await {
+                Ok(Account {
+                    main_process: false,
+                    ..
+                }) => {
+                    progress.discard();
+                    return;
+                }
+                Ok(account) => {
+                    progress.with(|i| i.journaled(account));
+                }
+                // No journal thread: we cannot tell the main process, so every death counts.
+                Err(_) => {}
+            }
+            if let Some(policy) = acting {
+                let deaths = recovery.failed(&unit);
+                recovery
+                    .recover(&unit, &policy, &record, &progress, deaths)
+                    .await;
+            }
+        }
+    }
+    progress.finish();
+}

@@ -1,0 +1,179 @@
+//! Waiting on a unit: until systemd has handled a death, or until the unit is active in a new
+//! run or down for good. Woken by the unit's PropertiesChanged signals (after
+//! `Manager.Subscribe`), with a re-read on a timer in case a signal is missed.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use tokio::time::Instant;
+use zbus::{OwnedObjectPath, proxy::CacheProperties};
+
+use super::systemd::{ActionError, ServiceProxy, Systemd, UnitProxy, hex, unit_error};
+
+/// While waiting on a unit, its state is read again at least this often, signal or not.
+const REREAD: Duration = Duration::from_millis(250);
+/// As [`REREAD`], while waiting for systemd to reap a main process, which takes a millisecond.
+const REAP_REREAD: Duration = Duration::from_millis(5);
+
+/// Whether a unit's PropertiesChanged signal says it is no longer active.
+fn left_active(signal: &zbus::fdo::PropertiesChanged) -> bool {
+    signal.args().is_ok_and(|args| {
+        args.interface_name().as_str() == "org.freedesktop.systemd1.Unit"
+            && args
+                .changed_properties()
+                .get("ActiveState")
+                .and_then(|v| <&str>::try_from(v).ok())
+                .is_some_and(|state| state != "active")
+    })
+}
+
+/// Waits for the unit's next PropertiesChanged signal, but no longer than `reread` (the state
+/// is then read again in case a signal was missed) and never past `until`. None once `until` has
+/// passed; otherwise the signal, if one came.
+async fn next_change(
+    changes: &mut zbus::fdo::PropertiesChangedStream,
+    reread: Duration,
+    until: Instant,
+) -> Option<Option<zbus::fdo::PropertiesChanged>> {
+    let next_read = (Instant::now() + reread).min(until);
+    let woke = tokio::time::timeout_at(next_read, changes.next()).await;
+    if Instant::now() >= until {
+        return None;
+    }
+    match woke {
+        Ok(Some(signal)) => Some(Some(signal)),
+        // The signal stream ended (the bus is going away): read on the timer alone.
+        Ok(None) => {
+            tokio::time::sleep_until(next_read).await;
+            Some(None)
+        }
+        Err(_) => Some(None),
+    }
+}
+
+/// Where a unit settled after a death or a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Active in a new run.
+    Active,
+    /// Failed or inactive with no job pending: nothing will start it. `result` is the service's
+    /// `Result=` (`exit-code`, `start-limit-hit`, ...); `new_run` says whether a run after the
+    /// one we knew began at all. A start refused by systemd's start limit begins none, and
+    /// leaves the earlier failure's `Result=` in place ("Start request repeated too quickly").
+    Down { result: String, new_run: bool },
+    /// Still neither when the time was up; `state` is `active/sub` at the end.
+    Pending { state: String },
+}
+
+impl Systemd {
+    /// Waits until systemd has handled the death of a main or control process of `unit`'s
+    /// run `old`: the unit is no longer active, or active in another run; or `until`. A restart
+    /// requested before that races systemd's own handling of the death: on systemd 252 such a
+    /// restart was seen to wait out the unit's `RestartSec=` after all, while one requested once
+    /// the unit is in `auto-restart` replaces the wait (the job stops the unit,
+    /// `auto-restart -> dead`, then starts it). (Not `MainPID`: systemd gives it in its own pid
+    /// namespace, which is not ours when it runs in a container.)
+    pub async fn await_reaped(
+        &self,
+        unit: &str,
+        old: Option<&str>,
+        until: Instant,
+    ) -> Result<(), ActionError> {
+        let err = |what| unit_error(unit, what);
+        let path = self.path(unit).await?;
+        let mut changes = self.changes(unit, &path).await?;
+        let proxy = self.proxy::<UnitProxy<'static>>(unit, path).await?;
+        while proxy
+            .active_state()
+            .await
+            .map_err(err("read the state of"))?
+            == "active"
+        {
+            let now = proxy.invocation_id().await.ok().as_deref().and_then(hex);
+            if old.is_some_and(|old| now.as_deref() != Some(old)) {
+                break;
+            }
+            match next_change(&mut changes, REAP_REREAD, until).await {
+                // The signal carries the new state: no need to ask for it.
+                Some(Some(signal)) if left_active(&signal) => break,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// The unit's PropertiesChanged signals.
+    async fn changes(
+        &self,
+        unit: &str,
+        path: &OwnedObjectPath,
+    ) -> Result<zbus::fdo::PropertiesChangedStream, ActionError> {
+        let err = |what| unit_error(unit, what);
+        let properties = zbus::fdo::PropertiesProxy::builder(&self.connection)
+            .destination("org.freedesktop.systemd1")
+            .path(path.clone())
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(err("address"))?;
+        properties
+            .receive_properties_changed()
+            .await
+            .map_err(err("watch"))
+    }
+
+    /// Waits until `unit` is active in a run other than `old` (any run when `old` is unknown:
+    /// call [`Systemd::await_reaped`] first), or is down with nothing pending, or `until`
+    /// passes. Woken by the unit's
+    /// PropertiesChanged signals; reads the state again at least every [`REREAD`] in case a
+    /// signal is missed.
+    pub async fn settle(
+        &self,
+        unit: &str,
+        old: Option<&str>,
+        until: Instant,
+    ) -> Result<Settled, ActionError> {
+        let err = |what| unit_error(unit, what);
+        let path = self.path(unit).await?;
+        // Subscribed before the first read: a change in between still wakes us.
+        let mut changes = self.changes(unit, &path).await?;
+        let proxy = self.proxy::<UnitProxy<'static>>(unit, path.clone()).await?;
+        let service = self.proxy::<ServiceProxy<'static>>(unit, path).await?;
+        let is_service = unit.ends_with(".service");
+        loop {
+            let active = proxy
+                .active_state()
+                .await
+                .map_err(err("read the state of"))?;
+            let sub = proxy.sub_state().await.map_err(err("read the state of"))?;
+            if active == "active" {
+                let invocation_id = proxy.invocation_id().await.ok().as_deref().and_then(hex);
+                if old.is_none_or(|o| invocation_id.as_deref() != Some(o)) {
+                    return Ok(Settled::Active);
+                }
+            }
+            // "failed" and "dead" are also passed through on the way to a restart
+            // (`failed-before-auto-restart` since systemd 254, `dead` between a restart job's
+            // stop and start); only with no job pending are they where the unit rests.
+            if (active == "failed" && sub == "failed") || (active == "inactive" && sub == "dead") {
+                let (job, _) = proxy.job().await.map_err(err("read the job of"))?;
+                if job == 0 {
+                    let result = if is_service {
+                        service.result().await.unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    let invocation_id = proxy.invocation_id().await.ok().as_deref().and_then(hex);
+                    let new_run = old.is_none_or(|o| invocation_id.as_deref() != Some(o));
+                    return Ok(Settled::Down { result, new_run });
+                }
+            }
+            if next_change(&mut changes, REREAD, until).await.is_none() {
+                return Ok(Settled::Pending {
+                    state: format!("{active}/{sub}"),
+                });
+            }
+        }
+    }
+}
