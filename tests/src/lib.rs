@@ -2,6 +2,11 @@
 //! helpers to make processes die in known ways. `cargo xtask test` builds the daemon and sets
 //! `DETECTOR_BIN`; the tests need root.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "each target of the tests package uses a part of its dependencies"
+)]
+
 use std::{
     io::{BufRead as _, BufReader},
     os::unix::process::ExitStatusExt as _,
@@ -13,6 +18,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod incidents;
 pub mod machine;
 
 /// How long a test waits for a record or for the daemon to be ready before failing.

@@ -1,5 +1,10 @@
 //! The daemon's command line, run as a user would.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "each target of the tests package uses a part of its dependencies"
+)]
+
 use std::process::Command;
 
 fn check_config(text: &str) -> (i32, String, String) {

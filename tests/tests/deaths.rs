@@ -1,5 +1,10 @@
 //! One exact record per death, against the real kernel. Needs root; run with `cargo xtask test`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "each target of the tests package uses a part of its dependencies"
+)]
+
 use std::{
     collections::{HashMap, HashSet},
     os::unix::process::{CommandExt as _, ExitStatusExt as _},

@@ -2,6 +2,11 @@
 //! initramfs. 6.1 has no `group_dead` in `sched_process_exit` (so the fentry `taskstats_exit`
 //! fallback runs), and here a cgroup2-only memory controller, so OOM paths resolve in cgroup2. `cargo xtask test` downloads the kernel and sets `DETECTOR_KERNEL_6_1`.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "each target of the tests package uses a part of its dependencies"
+)]
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},

@@ -12,6 +12,11 @@
 //! Numbers are printed, not asserted. Needs root and `DETECTOR_BIN` / `DETECTOR_MACHINE_ROOT`,
 //! which `cargo xtask bench` sets.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "each target of the tests package uses a part of its dependencies"
+)]
+
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
@@ -117,9 +122,7 @@ fn main() {
         .expect("runtime");
     let root = machine.root();
     let bus = runtime
-        .block_on(detector::actions::Systemd::connect(std::path::Path::new(
-            &root,
-        )))
+        .block_on(detector::Systemd::connect(std::path::Path::new(&root)))
         .expect("the machine's bus");
     let mut over_bus = Vec::new();
     for _ in 0..SAMPLES {

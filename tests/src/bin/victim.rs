@@ -11,6 +11,11 @@
 //! - `storm N [CODE]`: forks N children that each `_exit(CODE)` (default 1) at once, reaping them
 //!   a thousand at a time, and prints their pids.
 
+#![expect(
+    unused_crate_dependencies,
+    reason = "each target of the tests package uses a part of its dependencies"
+)]
+
 use std::{thread, time::Duration};
 
 fn exit_thread(code: i32) -> ! {
