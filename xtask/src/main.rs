@@ -149,6 +149,7 @@ fn test(args: &[String]) -> Result<()> {
     setup::test_packages()?;
     cmd.env("DETECTOR_KERNEL_6_1", setup::kernel_6_1()?);
     cmd.env("DETECTOR_MACHINE_ROOT", setup::machine_root()?);
+    setup::python_apps(&setup::machine_root()?)?;
     run(&mut cmd)
 }
 
@@ -173,6 +174,7 @@ fn main() -> Result<()> {
             let daemon = build_daemon()?;
             bench::all(&daemon)?;
             setup::test_packages()?;
+            setup::python_apps(&setup::machine_root()?)?;
             bench::restart(&daemon, &setup::machine_root()?)
         }
     }

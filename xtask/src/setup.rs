@@ -27,7 +27,7 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 /// nightly + rust-src, and bpf-linker linked against the nightly's LLVM.
-pub fn bpf_toolchain() -> Result<()> {
+pub(crate) fn bpf_toolchain() -> Result<()> {
     let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
         .context("the kernel programs build with the `nightly` toolchain; install it with `rustup toolchain install nightly`")?;
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
@@ -129,7 +129,7 @@ fn apt_install(what: &str, packages: &[(&str, &str)]) -> Result<()> {
 }
 
 /// Debian packages the daemon needs to build.
-pub fn build_packages() -> Result<()> {
+pub(crate) fn build_packages() -> Result<()> {
     apt_install("to build the daemon", &BUILD_PACKAGES)
 }
 
@@ -144,13 +144,13 @@ const TEST_PACKAGES: [(&str, &str); 5] = [
 ];
 
 /// Installs the Debian packages the tests need, if any is missing.
-pub fn test_packages() -> Result<()> {
+pub(crate) fn test_packages() -> Result<()> {
     apt_install("for the tests", &TEST_PACKAGES)
 }
 
 /// Debian's newest 6.1 cloud kernel, downloaded and unpacked once under `target/kernels`;
 /// returns the path of its `vmlinuz`.
-pub fn kernel_6_1() -> Result<PathBuf> {
+pub(crate) fn kernel_6_1() -> Result<PathBuf> {
     let dir = crate::root().join("target/kernels");
     if let Some(found) = find_vmlinuz(&dir) {
         return Ok(found);
@@ -209,7 +209,7 @@ fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
 /// A Debian bookworm root with systemd, D-Bus and python3 for the end-to-end tests, made once
 /// with debootstrap (about 40 s) and kept in `~/.cache/detector`; tests boot it with
 /// systemd-nspawn `--volatile=overlay`, so they never change it.
-pub fn machine_root() -> Result<PathBuf> {
+pub(crate) fn machine_root() -> Result<PathBuf> {
     let home = std::env::var_os("HOME").context("HOME is not set")?;
     let root = Path::new(&home).join(".cache/detector/bookworm");
     let done = root.join(".detector-complete");
@@ -236,8 +236,128 @@ pub fn machine_root() -> Result<PathBuf> {
     Ok(root)
 }
 
+/// FastAPI, uvicorn and gunicorn for the machine's services with workers, each pinned exactly
+/// with every dependency (`pip install --no-deps` installs nothing unnamed), so a test sees the
+/// same supervisor and the same log lines on every run. uvicorn from 0.30 has the multiprocess
+/// supervisor that pings its workers and respawns dead ones; from 0.50 it also stops the parent
+/// when a worker exits with its startup-failure code 3. Change a pin and the next run reinstalls.
+const PYTHON_PINS: [&str; 15] = [
+    "annotated-doc==0.0.7",
+    "annotated-types==0.8.0",
+    "anyio==4.16.0",
+    "click==8.5.1",
+    "fastapi==0.165.0",
+    "gunicorn==27.0.1",
+    "h11==0.16.0",
+    "idna==3.20",
+    "opentelemetry-api==1.45.2",
+    "pydantic==2.14.4",
+    "pydantic-core==2.50.5",
+    "starlette==1.10.0",
+    "typing-extensions==4.16.0",
+    "typing-inspection==0.4.5",
+    "uvicorn==0.54.0",
+];
+
+/// pip's flags for wheels that the machine's python3 (CPython 3.11, x86_64, glibc 2.36) runs,
+/// whatever the host's Python is: binary only, so nothing is built on the host.
+/// Bytecode is left to the machine's own python3 (the host's may be another version).
+const MACHINE_WHEELS: [&str; 9] = [
+    "--disable-pip-version-check",
+    "--only-binary=:all:",
+    "--implementation=cp",
+    "--python-version=3.11",
+    "--abi=cp311",
+    "--platform=manylinux_2_17_x86_64",
+    "--platform=manylinux2014_x86_64",
+    "--no-compile",
+    "--no-warn-script-location",
+];
+
+/// Where the packages go inside the machine root; services run with `PYTHONPATH` set to it.
+const PYTHON_DIR: &str = "opt/detector-py";
+
+/// What the marker in [`PYTHON_DIR`] says: the pins it was installed from, one a line.
+fn python_marker() -> String {
+    PYTHON_PINS.join("\n") + "\n"
+}
+
+/// The pinned Python web stack ([`PYTHON_PINS`]) in `machine_root`'s `/opt/detector-py`, for the
+/// tests' services with workers (`python3 -m uvicorn --workers N`, `python3 -m gunicorn -w N`).
+/// The machine has no pip and only PyPI is reachable, so the host's pip fetches wheels built
+/// for the machine's interpreter (CPython 3.11 on x86_64 glibc 2.36: manylinux 2.17 wheels
+/// run there), binary only, so nothing is compiled on the host for the wrong Python. It
+/// installs into a side directory and renames it into place, so an interrupted install is
+/// never taken for a complete one; a marker names the pins and a changed list reinstalls.
+pub(crate) fn python_apps(machine_root: &Path) -> Result<()> {
+    let dir = machine_root.join(PYTHON_DIR);
+    let marker = dir.join(".detector-pins");
+    let wanted = python_marker();
+    if std::fs::read_to_string(&marker).is_ok_and(|have| have == wanted) {
+        return Ok(());
+    }
+    let mut pip = host_pip()?;
+    let partial = dir.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    eprintln!(
+        "xtask: installing fastapi, uvicorn and gunicorn (pinned) into {}",
+        dir.display()
+    );
+    run(pip
+        .args(["install", "--quiet", "--no-deps", "--target"])
+        .arg(&partial)
+        .args(MACHINE_WHEELS)
+        .args(PYTHON_PINS)
+        // A host's own wheel directory could hold a different build of a pinned version.
+        .env_remove("PIP_FIND_LINKS"))?;
+    // Compiled once here by the machine's python3: the machine boots with its changes in an
+    // overlay that is thrown away, so otherwise every boot's workers would compile it all again.
+    let inside = Path::new("/").join(PYTHON_DIR);
+    run(Command::new("chroot")
+        .arg(machine_root)
+        .args(["/usr/bin/python3", "-m", "compileall"])
+        .args(["-q", "-j0", "-d"])
+        .arg(&inside)
+        .arg(inside.with_extension("partial")))?;
+    std::fs::write(partial.join(".detector-pins"), &wanted)
+        .with_context(|| format!("writing the marker in {}", partial.display()))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing the outdated {}", dir.display()))?;
+    }
+    std::fs::rename(&partial, &dir)
+        .with_context(|| format!("moving {} into place", partial.display()))
+}
+
+/// Debian's pip, for a host whose python3 has none.
+const PIP_PACKAGE: (&str, &str) = (
+    "python3-pip",
+    "/usr/lib/python3/dist-packages/pip/__init__.py",
+);
+
+/// The host's `python3 -m pip`, installing Debian's python3-pip when the host has none.
+fn host_pip() -> Result<Command> {
+    let pip = || {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "pip"]);
+        cmd
+    };
+    if pip()
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Ok(pip());
+    }
+    apt_install("to fetch the machine's Python packages", &[PIP_PACKAGE])?;
+    // Debian's pip belongs to Debian's python3, which may not be the first on PATH.
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-m", "pip"]);
+    Ok(cmd)
+}
+
 /// Host state the daemon and the root tests need: tracefs mounted.
-pub fn host_for_tests() -> Result<()> {
+pub(crate) fn host_for_tests() -> Result<()> {
     let tracing = Path::new("/sys/kernel/tracing");
     if !tracing.join("events").is_dir() {
         eprintln!("xtask: mounting tracefs at {}", tracing.display());
@@ -251,6 +371,22 @@ pub fn host_for_tests() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_pins_are_exact_and_sorted() {
+        for pin in PYTHON_PINS {
+            let (name, version) = pin.split_once("==").expect("name==version");
+            assert!(
+                !name.is_empty() && version.split('.').all(|n| n.parse::<u32>().is_ok()),
+                "{pin}"
+            );
+        }
+        assert!(
+            PYTHON_PINS.is_sorted_by_key(|pin| pin.split("==").next()),
+            "keep the pins sorted by name"
+        );
+        assert_eq!(python_marker().lines().count(), PYTHON_PINS.len());
+    }
 
     #[test]
     fn finds_the_nightly_llvm() {
