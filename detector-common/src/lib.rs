@@ -33,6 +33,11 @@ pub mod death_flags {
     pub const SENDER: u32 = 1 << 0;
     /// [`crate::DeathEvent::oom`] holds the OOM killer's view of this victim.
     pub const OOM: u32 = 1 << 1;
+    /// The watched systemd manager forked this process itself (`sched_process_fork` with the
+    /// manager as parent): a unit's main or control process, never a worker. Unlike the parent at
+    /// death, this survives reparenting: a supervisor's orphaned workers are reparented to the
+    /// manager, but the manager did not fork them.
+    pub const SPAWNED: u32 = 1 << 2;
 }
 
 /// Bits of [`OomInfo::fields`]: which figures the running kernel provided. Kernels without the 6.8
@@ -146,7 +151,9 @@ pub struct DeathEvent {
     pub tid: u32,
     /// Thread group id of `real_parent`.
     pub ppid: u32,
-    pub pad0: u32,
+    /// The thread group id in the watched manager's pid namespace (what its journal calls
+    /// `_PID`), from `bpf_get_ns_current_pid_tgid`; 0 when unknown or outside that namespace.
+    pub ns_pid: u32,
     /// The thread group leader's command name.
     pub comm: [u8; COMM_LEN],
     pub sender: SignalSender,
@@ -172,6 +179,35 @@ pub struct CgroupEvent {
 
 const _: () = assert!(size_of::<CgroupEvent>() == 8 + 8 + 8 + CGROUP_PATH_LEN);
 
+/// The systemd manager being watched, set by the loader: whose children are units' main and
+/// control processes, and whose pid namespace the journal's `_PID`s are in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// The manager's thread group id in the initial pid namespace; 0: none known.
+    pub manager_tgid: u32,
+    pub pad0: u32,
+    /// `st_dev` and `st_ino` of the manager's `/proc/PID/ns/pid`; 0: none known.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+}
+
+impl Watch {
+    /// Nothing watched: no roles, no namespace pids.
+    pub const NONE: Self = Self {
+        manager_tgid: 0,
+        pad0: 0,
+        pidns_dev: 0,
+        pidns_ino: 0,
+    };
+}
+
+const _: () = assert!(size_of::<Watch>() == 24);
+
+#[cfg(feature = "user")]
+// SAFETY: `Watch` is `repr(C)` with its padding spelled out, valid for any bit pattern.
+unsafe impl aya::Pod for Watch {}
+
 const _: () = assert!(size_of::<EventHeader>() == 8);
 const _: () = assert!(size_of::<SignalSender>() == 48);
 const _: () = assert!(size_of::<OomInfo>() == 152);
@@ -181,7 +217,7 @@ const _: () = assert!(align_of::<DeathEvent>() == 8);
 
 /// `(size, alignment)` of each shared type, in a fixed order. The kernel object exports the same
 /// table as the `DETECTOR_LAYOUTS` symbol, built by the BPF compiler; a daemon test compares the two.
-pub const LAYOUTS: [u32; 12] = [
+pub const LAYOUTS: [u32; 14] = [
     size_of::<EventHeader>() as u32,
     align_of::<EventHeader>() as u32,
     size_of::<SignalSender>() as u32,
@@ -194,6 +230,8 @@ pub const LAYOUTS: [u32; 12] = [
     align_of::<Offsets>() as u32,
     size_of::<CgroupEvent>() as u32,
     align_of::<CgroupEvent>() as u32,
+    size_of::<Watch>() as u32,
+    align_of::<Watch>() as u32,
 ];
 
 /// Key of the pending-signal map: one slot per (thread group, signal) so that a later harmless
@@ -312,6 +350,13 @@ mod tests {
             oom_fields::OOM_SCORE_ADJ,
             oom_fields::MEMCG,
         ];
+        let deaths = [death_flags::SENDER, death_flags::OOM, death_flags::SPAWNED];
+        let mut seen = 0u32;
+        for bit in deaths {
+            assert_eq!(bit.count_ones(), 1);
+            assert_eq!(seen & bit, 0, "bit {bit:#x} reused");
+            seen |= bit;
+        }
         let mut seen = 0u32;
         for bit in all {
             assert_eq!(bit.count_ones(), 1);

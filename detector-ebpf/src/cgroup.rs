@@ -20,13 +20,13 @@ use crate::{
 };
 
 #[tracepoint]
-pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+pub(crate) fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
     let _ = try_cgroup(&ctx, event_kind::CGROUP_MKDIR);
     0
 }
 
 #[tracepoint]
-pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+pub(crate) fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
     let _ = try_cgroup(&ctx, event_kind::CGROUP_RMDIR);
     0
 }

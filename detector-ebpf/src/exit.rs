@@ -23,7 +23,7 @@ use detector_common::{DeathEvent, EventHeader, SenderKey, counter, death_flags, 
 
 use crate::{
     kernel::{Error, current_cgroup_id, now_ns, offset, read, read_bytes},
-    maps::{EVENTS, OOM_VICTIMS, SENDERS, count},
+    maps::{EVENTS, OOM_VICTIMS, SENDERS, SPAWNED, WATCH, count},
 };
 
 /// `SIGNAL_GROUP_EXIT` in include/linux/sched/signal.h: a group exit (exit_group, fatal signal,
@@ -32,7 +32,7 @@ use crate::{
 const SIGNAL_GROUP_EXIT: u32 = 0x0000_0004;
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let task: u64 = ctx.arg(0);
     let group_dead: u64 = ctx.arg(1);
     // `bool` arrives widened in a u64 slot; only the low byte is defined.
@@ -43,7 +43,7 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 #[fentry(function = "taskstats_exit")]
-pub fn taskstats_exit(ctx: FEntryContext) -> u32 {
+pub(crate) fn taskstats_exit(ctx: FEntryContext) -> u32 {
     let task: u64 = ctx.arg(0);
     let group_dead: u64 = ctx.arg(1);
     // `int` in a u64 slot: only the low 32 bits are defined.
@@ -90,7 +90,7 @@ fn try_group_dead(task: u64) -> Result<(), Error> {
         (*event).wait_status = status;
         (*event).ktime_ns = ktime_ns;
         (*event).cgroup_id = current_cgroup_id();
-        (*event).pad0 = 0;
+        (*event).ns_pid = 0;
         (*event).flags = 0;
         (*event).pid = 0;
         (*event).tid = 0;
@@ -135,7 +135,42 @@ fn fill(task: u64, event: &mut DeathEvent) -> Result<(), Error> {
         }
     }
 
+    if SPAWNED.get_ptr(tgid).is_some() {
+        event.flags |= death_flags::SPAWNED;
+        let _ = SPAWNED.remove(tgid);
+    }
+    event.ns_pid = ns_pid();
+
     let parent: u64 = read(task, offset!(task_real_parent)?)?;
     event.ppid = read(parent, offset!(task_tgid)?)?;
     Ok(())
+}
+
+/// The dying thread group's id in the watched manager's pid namespace (`current` is the dying
+/// thread in both exit hooks); 0 when no namespace is set or the process is outside it.
+#[inline(always)]
+fn ns_pid() -> u32 {
+    let watch: *const detector_common::Watch = (&raw const WATCH).cast();
+    // SAFETY: as in `fork.rs`: a valid `Watch`, read volatile so the default is not folded in.
+    let (dev, ino) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*watch).pidns_dev),
+            core::ptr::read_volatile(&raw const (*watch).pidns_ino),
+        )
+    };
+    if ino == 0 {
+        return 0;
+    }
+    let mut ids = aya_ebpf::bindings::bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: `ids` is a writable `bpf_pidns_info` of the size passed; the helper fails (non-zero)
+    // rather than writing when the current task is not in that namespace.
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_get_ns_current_pid_tgid(
+            dev,
+            ino,
+            &raw mut ids,
+            size_of::<aya_ebpf::bindings::bpf_pidns_info>() as u32,
+        )
+    };
+    if rc == 0 { ids.tgid } else { 0 }
 }

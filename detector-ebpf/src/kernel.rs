@@ -6,7 +6,7 @@ use detector_common::counter;
 use crate::maps::count;
 
 /// Why a probe gave up on (part of) a record.
-pub enum Error {
+pub(crate) enum Error {
     /// The loader did not provide an offset this read needs (the kernel lacks the field).
     NoOffset,
     /// `bpf_probe_read_kernel` failed, or a map refused an update; both are counted.
@@ -33,7 +33,7 @@ pub(crate) use offset;
 
 /// Reads a `T` at kernel address `base + offset`.
 #[inline(always)]
-pub fn read<T>(base: u64, offset: u64) -> Result<T, Error> {
+pub(crate) fn read<T>(base: u64, offset: u64) -> Result<T, Error> {
     // SAFETY: bpf_probe_read_kernel copes with any address: a bad one fails, it never faults.
     unsafe { bpf_probe_read_kernel((base + offset) as *const T) }.map_err(|_| {
         count(counter::KERNEL_READ);
@@ -43,7 +43,7 @@ pub fn read<T>(base: u64, offset: u64) -> Result<T, Error> {
 
 /// Copies `dst.len()` bytes from kernel address `base + offset`.
 #[inline(always)]
-pub fn read_bytes(base: u64, offset: u64, dst: &mut [u8]) -> Result<(), Error> {
+pub(crate) fn read_bytes(base: u64, offset: u64, dst: &mut [u8]) -> Result<(), Error> {
     // SAFETY: as in `read`.
     unsafe { bpf_probe_read_kernel_buf((base + offset) as *const u8, dst) }.map_err(|_| {
         count(counter::KERNEL_READ);
@@ -53,14 +53,14 @@ pub fn read_bytes(base: u64, offset: u64, dst: &mut [u8]) -> Result<(), Error> {
 
 /// CLOCK_MONOTONIC in ns; the daemon turns it into wall-clock time.
 #[inline(always)]
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     // SAFETY: the helper takes no arguments and cannot fail.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
 }
 
 /// cgroup v2 id of `current`.
 #[inline(always)]
-pub fn current_cgroup_id() -> u64 {
+pub(crate) fn current_cgroup_id() -> u64 {
     // SAFETY: the helper takes no arguments and cannot fail.
     unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() }
 }

@@ -1,5 +1,6 @@
 //! detector's kernel programs. One file per hook family:
 //! - [`exit`]: the death of a thread group, with its wait status;
+//! - [`fork`]: the processes the watched systemd manager spawns itself (units' main processes);
 //! - [`signal`]: who generated each signal, kept until the death it may explain;
 //! - [`oom`]: the OOM killer's victim, its memory figures and the memory cgroup that ran out;
 //! - [`cgroup`]: cgroup2 directories created and removed, so paths outlive their cgroups.
@@ -17,8 +18,12 @@
     reason = "aya's program macros hand each entry point its context by value"
 )]
 
+// The package's empty library target (see lib.rs), which every bin target links.
+use detector_ebpf as _;
+
 mod cgroup;
 mod exit;
+mod fork;
 mod kernel;
 mod maps;
 mod oom;

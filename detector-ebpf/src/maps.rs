@@ -5,39 +5,52 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
-use detector_common::{Offsets, OomInfo, SenderKey, SignalSender, counter};
+use detector_common::{Offsets, OomInfo, SenderKey, SignalSender, Watch, counter};
 
 /// Death records to userspace. The loader may resize it (`--ringbuf-bytes`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(2 << 20, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(2 << 20, 0);
 
 /// Per-CPU counters indexed by [`detector_common::counter`]: failures are counted, not printed.
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// Last delivered signal per (thread group, signal), until the death it explains. LRU: a process
 /// that handles a signal and lives on must not pin an entry forever.
 #[map]
-pub static SENDERS: LruHashMap<SenderKey, SignalSender> = LruHashMap::with_max_entries(16384, 0);
+pub(crate) static SENDERS: LruHashMap<SenderKey, SignalSender> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// OOM victims (by the thread the OOM killer marked) waiting for their death.
 #[map]
-pub static OOM_VICTIMS: LruHashMap<u32, OomInfo> = LruHashMap::with_max_entries(1024, 0);
+pub(crate) static OOM_VICTIMS: LruHashMap<u32, OomInfo> = LruHashMap::with_max_entries(1024, 0);
 
 /// The kind of reclaim (`detector_common::oom_constraint`) each task did last, by pid_tgid. Only
 /// tasks under memory pressure reclaim, so this stays small; LRU bounds it anyway.
 #[map]
-pub static LAST_RECLAIM: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+pub(crate) static LAST_RECLAIM: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
 
 /// Offsets of kernel fields in this kernel, set by the loader from BTF and tracepoint formats.
 // SAFETY: the loader finds this global by its unmangled name to set it; no other symbol in the
 // object has that name.
 #[unsafe(no_mangle)]
-pub static OFFSETS: Global<Offsets> = Global::new(Offsets::ABSENT);
+pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets::ABSENT);
+
+/// Processes the watched manager forked itself, by thread group, until their death. LRU: a
+/// process whose death is never seen (a clean exit is filtered before the lookup) must not pin
+/// an entry forever.
+#[map]
+pub(crate) static SPAWNED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// The watched systemd manager, set by the loader.
+// SAFETY: the loader finds this global by its unmangled name to set it; no other symbol in the
+// object has that name.
+#[unsafe(no_mangle)]
+pub(crate) static WATCH: Global<Watch> = Global::new(Watch::NONE);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]
-pub fn count(index: u32) {
+pub(crate) fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot is only touched by programs on this CPU, and BPF programs do not
         // preempt each other on one CPU for these hook types.

@@ -43,19 +43,19 @@ fn note_reclaim(kind: u32) {
 }
 
 #[raw_tracepoint(tracepoint = "mm_vmscan_memcg_reclaim_begin")]
-pub fn memcg_reclaim_begin(_ctx: RawTracePointContext) -> i32 {
+pub(crate) fn memcg_reclaim_begin(_ctx: RawTracePointContext) -> i32 {
     note_reclaim(oom_constraint::MEMCG);
     0
 }
 
 #[raw_tracepoint(tracepoint = "mm_vmscan_direct_reclaim_begin")]
-pub fn direct_reclaim_begin(_ctx: RawTracePointContext) -> i32 {
+pub(crate) fn direct_reclaim_begin(_ctx: RawTracePointContext) -> i32 {
     note_reclaim(oom_constraint::GLOBAL);
     0
 }
 
 #[tracepoint]
-pub fn mark_victim(ctx: TracePointContext) -> u32 {
+pub(crate) fn mark_victim(ctx: TracePointContext) -> u32 {
     let _ = try_mark_victim(&ctx);
     0
 }

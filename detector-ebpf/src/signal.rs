@@ -39,7 +39,7 @@ const fn can_terminate(sig: u32) -> bool {
 }
 
 #[raw_tracepoint(tracepoint = "signal_generate")]
-pub fn signal_generate(ctx: RawTracePointContext) -> i32 {
+pub(crate) fn signal_generate(ctx: RawTracePointContext) -> i32 {
     let _ = try_signal_generate(&ctx);
     0
 }

@@ -24,7 +24,7 @@ use crate::{
     },
     recovery::{self, Dispatcher, Recovery},
     sinks::stdout::Stdout,
-    unit::{cgroups::CgroupResolver, manager},
+    unit::{cgroups::CgroupResolver, manager, roles::Roles},
 };
 
 /// While deaths keep coming, drain again after this pause instead of going back to sleep in the
@@ -55,6 +55,7 @@ pub(crate) struct Options {
 struct Pipeline {
     dispatcher: Dispatcher,
     cgroups: CgroupResolver,
+    roles: Roles,
     stdout: Stdout,
     received: u64,
     undecodable: u64,
@@ -88,6 +89,7 @@ impl Pipeline {
                     self.received += 1;
                     let mut record = correlate(&event);
                     self.cgroups.enrich(&mut record);
+                    self.roles.assign(&mut record);
                     record.time = clock.rfc3339(record.ktime_ns);
                     record.latency_us =
                         clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
@@ -119,7 +121,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         "/".to_owned()
     });
     let manager_pid = manager::pid(&options.root);
-    let Probes { mut ebpf, hooks } = probes::load(options.ringbuf_bytes)?;
+    let Probes { mut ebpf, hooks } = probes::load(options.ringbuf_bytes, manager_pid)?;
     for note in &hooks.degraded {
         tracing::warn!("{note}");
     }
@@ -154,9 +156,12 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             journal,
             Recovery::new(options.root.clone(), config, bus),
             incidents_tx,
-            manager_pid,
         ),
         cgroups: CgroupResolver::discover(manager_root.clone()),
+        roles: Roles {
+            manager_pid,
+            spawns_tracked: hooks.spawns.is_some(),
+        },
         stdout: Stdout::default(),
         received: 0,
         undecodable: 0,
@@ -170,6 +175,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
 
     tracing::info!(
         exit = hooks.exit,
+        spawns = hooks.spawns.unwrap_or("none"),
         oom = hooks.oom.unwrap_or("none"),
         cgroups = hooks.cgroups.unwrap_or("none"),
         root = %options.root.display(),

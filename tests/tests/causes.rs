@@ -123,9 +123,9 @@ fn deaths_in_units_are_named_with_their_unit() {
 }
 
 #[test]
-fn a_worker_death_is_not_a_unit_failure() {
-    // The worker exits 4; half a second later, well within the time the daemon waits for PID 1's
-    // account, the main process exits 6. Only the latter failed the unit.
+fn a_worker_death_then_the_mains_is_one_incident_for_the_main() {
+    // The worker exits 4; half a second later, while the worker's incident is still open, the
+    // main process exits 6: one failure, one incident, the main's, counting both deaths.
     let unit = "[Service]\nExecStart=/bin/sh -c \"sh -c 'exit 4'; sleep 0.5; exit 6\"\n";
     let machine = Machine::boot(&[("demo-worker.service", unit)]);
     let daemon = Daemon::start_with(&["--root", &machine.root()]);
@@ -137,7 +137,16 @@ fn a_worker_death_is_not_a_unit_failure() {
         r["kind"] == "exit" && r["unit"] == "demo-worker.service" && r["exit_code"] == 6
     });
     let incident = daemon.record_where("the incident", |r| r["kind"] == "incident");
-    assert_eq!(incident["pid"], main["pid"], "{incident}");
+    assert_eq!(
+        (
+            incident["pid"].clone(),
+            incident["role"].clone(),
+            incident["deaths"].clone()
+        ),
+        (main["pid"].clone(), json!("main"), json!(2)),
+        "{incident}"
+    );
+    assert_eq!(worker["role"], "worker", "{worker}");
     let detail = incident["detail"].as_str().unwrap_or_default();
     assert!(detail.starts_with("exited with status 6"), "{incident}");
     let (records, _) = daemon.stop();
@@ -145,7 +154,7 @@ fn a_worker_death_is_not_a_unit_failure() {
     assert_eq!(
         incidents.len(),
         1,
-        "the worker {} is not an incident: {incidents:?}",
+        "the worker {} is not an incident of its own: {incidents:?}",
         worker["pid"]
     );
 }

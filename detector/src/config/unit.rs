@@ -29,6 +29,14 @@ pub(crate) struct Health {
     pub deadline: Duration,
 }
 
+/// How a running unit is watched for hangs: its health check every `every`, and `failures`
+/// failures in a row (a timeout, a refusal, a wrong status) make an `unhealthy` incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Liveness {
+    pub every: Duration,
+    pub failures: u32,
+}
+
 /// When restarting stops: after `max_restarts` restarts within `window`, the next failure is
 /// not restarted (`gave_up`). Restarts after the first in a window wait `backoff`, doubled for
 /// each further one.
@@ -47,6 +55,8 @@ pub(crate) struct UnitPolicy {
     pub journal_lines: usize,
     pub startup_grace: Duration,
     pub health: Option<Health>,
+    /// Poll the health check while the unit runs; `failures` failures in a row are an incident.
+    pub liveness: Option<Liveness>,
     pub crash_loop: CrashLoop,
 }
 
@@ -92,6 +102,14 @@ pub(super) struct RawUnit {
     startup_grace: Option<Spanned<String>>,
     health: Option<Spanned<RawHealth>>,
     crash_loop: Option<Spanned<RawCrashLoop>>,
+    liveness: Option<Spanned<RawLiveness>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLiveness {
+    every: Spanned<String>,
+    failures: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +236,7 @@ impl Ctx<'_> {
             startup_grace,
             health,
             crash_loop,
+            liveness,
         } = raw.get_ref();
         check_unit_name(name.get_ref()).map_err(|e| self.at(name.span(), e))?;
         let restart = match restart.as_ref().map(|r| (r.get_ref().as_str(), r.span())) {
@@ -284,8 +303,38 @@ impl Ctx<'_> {
                 DEFAULT_STARTUP_GRACE,
                 "startup_grace",
             )?,
+            liveness: match liveness {
+                None => None,
+                Some(l) if health.is_none() => {
+                    return Err(self.at(
+                        l.span(),
+                        "liveness polls the unit's health check: add `health = { url = ... }`",
+                    ));
+                }
+                Some(l) => Some(self.liveness(l)?),
+            },
             health: health.as_ref().map(|h| self.health(h)).transpose()?,
             crash_loop,
+        })
+    }
+
+    fn liveness(&self, raw: &Spanned<RawLiveness>) -> Result<Liveness, ConfigError> {
+        let RawLiveness { every, failures } = raw.get_ref();
+        let failures = match failures {
+            None => 3,
+            Some(n) => u32::try_from(*n.get_ref())
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    self.at(
+                        n.span(),
+                        format!("liveness failures = {}: use 1 to 1000", n.get_ref()),
+                    )
+                })?,
+        };
+        Ok(Liveness {
+            every: self.duration(Some(every), Duration::from_secs(10), "liveness every")?,
+            failures,
         })
     }
 }

@@ -85,7 +85,7 @@ pub(crate) fn correlate(event: &DeathEvent) -> ExitRecord {
         pid,
         tid,
         ppid,
-        pad0: _,
+        ns_pid,
         comm,
         sender,
         oom: oom_info,
@@ -114,6 +114,7 @@ pub(crate) fn correlate(event: &DeathEvent) -> ExitRecord {
         unit: None,
         user_unit: None,
         invocation_id: None,
+        role: None,
         exit_code,
         signal: signal.map(signals::name),
         core_dumped,
@@ -122,6 +123,8 @@ pub(crate) fn correlate(event: &DeathEvent) -> ExitRecord {
         killed_by,
         latency_us: 0,
         ktime_ns: *ktime_ns,
+        spawned: flags & death_flags::SPAWNED != 0,
+        ns_pid: *ns_pid,
     }
 }
 
@@ -150,7 +153,7 @@ mod tests {
             pid: 10,
             tid: 11,
             ppid: 1,
-            pad0: 0,
+            ns_pid: 0,
             comm: comm("app"),
             sender: SignalSender {
                 ktime_ns: 0,

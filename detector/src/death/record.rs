@@ -23,6 +23,11 @@ pub(crate) struct ExitRecord {
     pub user_unit: Option<String>,
     /// The unit's invocation id (which run of the unit this was), where systemd has one.
     pub invocation_id: Option<String>,
+    /// In a service: `main` (a process the watched systemd spawned itself: the unit's main
+    /// process, or a control process such as `ExecStartPre=`), `worker` (any other process in the
+    /// service: what its main process forked, such as uvicorn's or gunicorn's workers); `other`
+    /// in any other unit (a scope, a slice); null outside systemd's units.
+    pub role: Option<&'static str>,
     /// `exit()` code; null when a signal killed the process.
     pub exit_code: Option<u8>,
     /// Terminating signal (`"SIGSEGV"`), or null.
@@ -37,6 +42,12 @@ pub(crate) struct ExitRecord {
     /// Kernel timestamp (CLOCK_MONOTONIC, ns); not serialised, for latency and ordering.
     #[serde(skip)]
     pub ktime_ns: u64,
+    /// The watched manager forked this process itself (see `detector_common::death_flags`).
+    #[serde(skip)]
+    pub spawned: bool,
+    /// The pid in the watched manager's pid namespace (the journal's `_PID`); 0 when unknown.
+    #[serde(skip)]
+    pub ns_pid: u32,
 }
 
 /// Who generated the fatal signal.

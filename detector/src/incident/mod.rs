@@ -61,7 +61,19 @@ pub(crate) struct Incident {
     pub kind: &'static str,
     pub unit: String,
     pub invocation_id: Option<String>,
-    pub pid: u32,
+    /// The first death's process; null for an incident no death opened (`unhealthy`).
+    pub pid: Option<u32>,
+    /// Whose death opened it: `main` (the unit's main process), `worker` (a process its main
+    /// forked: the supervisor lives on), or `unit` (no death: the unit stopped answering).
+    pub role: &'static str,
+    /// Deaths this incident covers: the first, the workers that died with a main process or in
+    /// the same burst, and the rest of a run systemd or detector stopped.
+    pub deaths: u32,
+    /// Their pids, the first [`MAX_PIDS`].
+    pub pids: Vec<u32>,
+    /// When the first and the last of them died.
+    pub first_death: Option<String>,
+    pub last_death: Option<String>,
     /// `oom_kill`, `missing_dependency`, `port_in_use`, `missing_env`, `signal`,
     /// `startup_failure`, `exit_code`, or an operator's own (see `causes`).
     pub cause: String,
@@ -85,6 +97,9 @@ pub(crate) struct Incident {
     pub died_ns: u64,
 }
 
+/// How many pids an incident lists; `deaths` counts them all.
+pub(crate) const MAX_PIDS: usize = 16;
+
 impl Incident {
     /// The incident for a death that failed `unit`, with its cause already classified.
     #[must_use]
@@ -93,7 +108,16 @@ impl Incident {
             kind: "incident",
             unit: unit.to_owned(),
             invocation_id: record.invocation_id.clone(),
-            pid: record.pid,
+            pid: Some(record.pid),
+            role: if record.role == Some("worker") {
+                "worker"
+            } else {
+                "main"
+            },
+            deaths: 1,
+            pids: vec![record.pid],
+            first_death: Some(record.time.clone()),
+            last_death: Some(record.time.clone()),
             cause,
             detail,
             journal: Vec::new(),
@@ -108,6 +132,68 @@ impl Incident {
                 detail: None,
             }],
             died_ns: record.ktime_ns,
+        }
+    }
+
+    /// An incident no death opened: `unit` (run `invocation_id`) failed `cause` at `now_ns`
+    /// (CLOCK_MONOTONIC).
+    #[must_use]
+    pub(crate) fn without_death(
+        unit: &str,
+        invocation_id: Option<String>,
+        (cause, detail): Cause,
+        now_ns: u64,
+        at: String,
+    ) -> Self {
+        Self {
+            kind: "incident",
+            unit: unit.to_owned(),
+            invocation_id,
+            pid: None,
+            role: "unit",
+            deaths: 0,
+            pids: Vec::new(),
+            first_death: None,
+            last_death: None,
+            cause,
+            detail,
+            journal: Vec::new(),
+            port_holder: None,
+            action: Action::Reported,
+            crash_to_restart_ms: None,
+            crash_to_active_ms: None,
+            crash_to_healthy_ms: None,
+            timeline: vec![Step {
+                at,
+                step: "detected",
+                detail: None,
+            }],
+            died_ns: now_ns,
+        }
+    }
+
+    /// Counts one more death in this incident.
+    pub(crate) fn add_death(&mut self, record: &ExitRecord) {
+        self.deaths += 1;
+        if self.pids.len() < MAX_PIDS {
+            self.pids.push(record.pid);
+        }
+        if self.first_death.is_none() {
+            self.first_death = Some(record.time.clone());
+        }
+        self.last_death = Some(record.time.clone());
+    }
+
+    /// Takes the deaths another incident counted (one opened for the same failure, folded into
+    /// this one): they came first.
+    pub(crate) fn absorb(&mut self, earlier: &Self) {
+        self.deaths += earlier.deaths;
+        let mut pids = earlier.pids.clone();
+        pids.extend(self.pids.iter().copied());
+        pids.truncate(MAX_PIDS);
+        self.pids = pids;
+        if earlier.first_death.is_some() {
+            self.first_death.clone_from(&earlier.first_death);
         }
     }
 

@@ -74,13 +74,24 @@ impl Progress {
     }
 
     /// Sends the incident.
-    pub(crate) fn finish(self) {
+    pub(crate) fn finish(&self) {
         self.send(None);
     }
 
-    /// Drops the incident: the death did not fail its unit.
-    pub(crate) fn discard(self) {
-        self.take();
+    /// Drops the incident (the death did not fail its unit, or another incident took it over);
+    /// returns it as it was.
+    pub(crate) fn discard(&self) -> Option<Incident> {
+        self.take()
+    }
+
+    /// Sends the incident as far as it got, marked `interrupted` (the daemon is stopping).
+    pub(crate) fn interrupt(&self) {
+        self.send(Some("interrupted"));
+    }
+
+    /// Whether the incident is still open (not sent, not discarded).
+    pub(crate) fn is_open(&self) -> bool {
+        self.with(|_| ()).is_some()
     }
 
     fn take(&self) -> Option<Incident> {

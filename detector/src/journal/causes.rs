@@ -152,6 +152,7 @@ mod tests {
             unit: Some("app.service".into()),
             user_unit: None,
             invocation_id: None,
+            role: Some("main"),
             exit_code: Some(1),
             signal: None,
             core_dumped: false,
@@ -160,6 +161,8 @@ mod tests {
             killed_by: None,
             latency_us: 0,
             ktime_ns: 0,
+            spawned: true,
+            ns_pid: 0,
         }
     }
 

@@ -109,11 +109,13 @@ impl Reader {
             lines: Vec::new(),
         };
         let clock = Clock::now();
-        let collected = match self
-            .journal
-            .as_mut()
-            .map(|j| reader::collect(j, unit, record, clock, self.options.wait, n))
-        {
+        let collected = match self.journal.as_mut().map(|j| {
+            if record.role == Some("worker") {
+                reader::collect_worker(j, unit, record, n)
+            } else {
+                reader::collect(j, unit, record, clock, self.options.wait, n)
+            }
+        }) {
             Some(Ok(collected)) => collected,
             Some(Err(e)) => {
                 tracing::warn!(unit, error = %e, "reading the journal failed; reopening it for the next death");

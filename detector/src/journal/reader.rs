@@ -178,6 +178,41 @@ pub(super) fn collect(
     })
 }
 
+/// What the journal says about a worker's death in `unit`: its own lines (`_PID=ns_pid`, the
+/// pid in the watched manager's namespace), else the run's last lines. PID 1 says nothing of a
+/// worker, so there is nothing to wait for beyond the moment its stream needs to be read.
+pub(crate) fn collect_worker(
+    j: &mut Journal,
+    unit: &str,
+    record: &ExitRecord,
+    n: usize,
+) -> Result<Collected, systemd::Error> {
+    thread::sleep(SETTLE);
+    let invocation = record.invocation_id.as_deref();
+    let mut lines = Vec::new();
+    if record.ns_pid != 0 {
+        j.match_flush()?;
+        j.match_add("_SYSTEMD_UNIT", unit)?;
+        j.match_add("_PID", record.ns_pid.to_string().as_str())?;
+        j.seek_tail()?;
+        while lines.len() < n && j.previous()? > 0 {
+            if let Some(line) = field(j, "MESSAGE") {
+                lines.push(line);
+            }
+        }
+        lines.reverse();
+    }
+    if lines.is_empty() {
+        lines = self::lines(j, unit, invocation, n)?;
+    }
+    Ok(Collected {
+        main_process: false,
+        invocation_id: record.invocation_id.clone(),
+        started_us: None,
+        lines,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

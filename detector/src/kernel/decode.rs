@@ -112,7 +112,7 @@ mod tests {
             pid: 100,
             tid: 101,
             ppid: 1,
-            pad0: 0,
+            ns_pid: 0,
             comm: *b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
             // SAFETY: integer-only types; all zeroes is a valid value.
             sender: unsafe { std::mem::zeroed::<SignalSender>() },

@@ -15,13 +15,13 @@
 //! Raw tracepoints rather than classic ones where we only need the arguments: no record is
 //! formatted for us, which matters on the exit path of every process on the host.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
 use aya::{
     Ebpf, EbpfLoader,
     programs::{FEntry, ProgramError, RawTracePoint, TracePoint},
 };
-use detector_common::{ABSENT, Offsets};
+use detector_common::{ABSENT, Offsets, Watch};
 
 use crate::kernel::{btf::Btf, tracefs};
 
@@ -70,6 +70,8 @@ pub(crate) enum ProbeError {
 #[derive(Debug, Default)]
 pub(crate) struct Hooks {
     pub exit: &'static str,
+    /// How the manager's own children are told from other processes.
+    pub spawns: Option<&'static str>,
     pub cgroups: Option<&'static str>,
     pub oom: Option<&'static str>,
     /// What is missing on this kernel, one line each.
@@ -241,8 +243,53 @@ fn attach_cgroup(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
     Ok(())
 }
 
+/// The watched manager for the kernel programs: its pid and its pid namespace's identity (as
+/// `bpf_get_ns_current_pid_tgid` takes it: the nsfs device and inode of `/proc/PID/ns/pid`).
+fn watch(manager_pid: Option<i32>) -> Watch {
+    let Some(pid) = manager_pid.and_then(|p| u32::try_from(p).ok()) else {
+        return Watch::NONE;
+    };
+    let mut watch = Watch {
+        manager_tgid: pid,
+        ..Watch::NONE
+    };
+    match std::fs::metadata(format!("/proc/{pid}/ns/pid")) {
+        Ok(meta) => {
+            watch.pidns_dev = meta.dev();
+            watch.pidns_ino = meta.ino();
+        }
+        Err(e) => tracing::warn!(
+            pid,
+            error = %e,
+            "cannot read the manager's pid namespace; worker deaths are matched in the journal without their pid"
+        ),
+    }
+    watch
+}
+
+/// Marks the manager's children that already run (forked before we attached) as spawned by it.
+fn mark_running_children(ebpf: &mut Ebpf, manager: u32) -> Result<usize, String> {
+    let map = ebpf.map_mut("SPAWNED").ok_or("no SPAWNED map")?;
+    let mut spawned: aya::maps::HashMap<_, u32, u32> =
+        aya::maps::HashMap::try_from(map).map_err(|e| e.to_string())?;
+    let processes = procfs::process::all_processes().map_err(|e| e.to_string())?;
+    let mut marked = 0;
+    for process in processes.flatten() {
+        // Processes vanish while we walk; what is gone needs no mark.
+        if let Ok(stat) = process.stat()
+            && u32::try_from(stat.ppid) == Ok(manager)
+            && let Ok(pid) = u32::try_from(stat.pid)
+            && spawned.insert(pid, 1, 0).is_ok()
+        {
+            marked += 1;
+        }
+    }
+    Ok(marked)
+}
+
 /// Checks the host, loads the programs with this kernel's offsets and attaches them.
-pub(crate) fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
+/// `manager_pid` is the watched systemd's PID 1 in our pid namespace, when known.
+pub(crate) fn load(ringbuf_bytes: u32, manager_pid: Option<i32>) -> Result<Probes, ProbeError> {
     let uid = nix::unistd::geteuid().as_raw();
     if uid != 0 {
         return Err(ProbeError::NotRoot(uid));
@@ -274,6 +321,7 @@ pub(crate) fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
     let mut ebpf = EbpfLoader::new()
         .btf(None)
         .override_global("OFFSETS", &offsets, true)
+        .override_global("WATCH", &watch(manager_pid), true)
         .map_max_entries("EVENTS", ringbuf_bytes)
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
@@ -289,6 +337,21 @@ pub(crate) fn load(ringbuf_bytes: u32) -> Result<Probes, ProbeError> {
         "fentry taskstats_exit"
     };
     attach_raw_tp(&mut ebpf, "signal_generate", "signal_generate")?;
+    if let Some(manager) = manager_pid.and_then(|p| u32::try_from(p).ok()) {
+        // After attaching: a child forked during the scan is marked by the program.
+        match attach_raw_tp(&mut ebpf, "sched_process_fork", "sched_process_fork")
+            .map_err(|e| e.to_string())
+            .and_then(|()| mark_running_children(&mut ebpf, manager))
+        {
+            Ok(marked) => {
+                tracing::debug!(marked, "the manager's running children");
+                hooks.spawns = Some("raw tracepoint sched_process_fork");
+            }
+            Err(e) => hooks.degraded.push(format!(
+                "a unit's main process is told from its workers by its parent at death only, so a supervisor's orphaned workers count as main processes: {e}"
+            )),
+        }
+    }
     match cgroup_events.and_then(|()| attach_cgroup(&mut ebpf).map_err(|e| e.to_string())) {
         Ok(()) => hooks.cgroups = Some("tracepoints cgroup:cgroup_mkdir, cgroup:cgroup_rmdir"),
         Err(e) => hooks.degraded.push(format!(

@@ -8,12 +8,12 @@ use std::{path::Path, sync::Arc, time::Duration};
 use tokio::{
     sync::{
         mpsc::{UnboundedReceiver, UnboundedSender},
-        oneshot,
+        oneshot, watch,
     },
     task::JoinSet,
 };
 
-use super::{Recovery, systemd::Systemd};
+use super::{Recovery, systemd::Systemd, workers};
 use crate::{
     config::{Config, UnitPolicy},
     death::record::ExitRecord,
@@ -33,9 +33,9 @@ pub(crate) struct Dispatcher {
     recovery: Arc<Recovery>,
     /// One task per death in a service, until its incident is written.
     tasks: JoinSet<()>,
+    /// One liveness task per unit that asks for it, for the daemon's lifetime.
+    liveness: JoinSet<()>,
     incidents: UnboundedSender<Incident>,
-    /// The watched systemd's PID 1, in our pid namespace, when known.
-    manager_pid: Option<i32>,
 }
 
 impl Dispatcher {
@@ -44,20 +44,21 @@ impl Dispatcher {
         journal: std::sync::mpsc::Sender<journal::Request>,
         recovery: Recovery,
         incidents: UnboundedSender<Incident>,
-        manager_pid: Option<i32>,
     ) -> Self {
+        let recovery = Arc::new(recovery);
+        let liveness = super::liveness::spawn(&recovery, &incidents);
         Self {
             journal,
-            recovery: Arc::new(recovery),
+            recovery,
             tasks: JoinSet::new(),
+            liveness,
             incidents,
-            manager_pid,
         }
     }
 
-    /// Starts the incident (and recovery) of a death in a service that may have failed it.
-    /// Returns whether a recovery may act on it at once (the caller should not batch further
-    /// records before letting it run).
+    /// Starts the incident (and recovery) of a death in a service that may have failed it, or
+    /// counts it in the incident it belongs to. Returns whether a recovery may act on it at once
+    /// (the caller should not batch further records before letting it run).
     pub(crate) fn death(&mut self, record: &ExitRecord) -> bool {
         // The innermost unit: a user manager's service rather than its `user@UID.service`.
         let Some(unit) = record
@@ -68,25 +69,46 @@ impl Dispatcher {
         else {
             return false;
         };
-        // A unit's main and control processes are the manager's children (daemons that fork
-        // are reparented to it, PID 1 being their subreaper): with the manager's pid known, any
-        // other death is a worker's, which does not fail the unit. User units have their own
-        // manager, whose pid we do not track: the journal decides for them.
-        let from_manager = record.user_unit.is_none()
-            && self
-                .manager_pid
-                .is_some_and(|m| i64::from(record.ppid) == i64::from(m));
-        if self.manager_pid.is_some() && record.user_unit.is_none() && !from_manager {
+        let run = record.invocation_id.as_deref();
+        // A run whose main process died, or that detector stopped: the rest of it dies with it.
+        if let Some(owner) = self.recovery.owner(&unit, run) {
+            owner.with(|i| i.add_death(record));
             return false;
         }
-        let urgent = from_manager
+        match record.role {
+            Some("worker") => {
+                self.worker(&unit, record);
+                false
+            }
+            role => self.main(unit, record, role == Some("main")),
+        }
+    }
+
+    /// The death of a unit's main (or control) process, or, with `known` false, of a process
+    /// whose role we cannot tell: then the journal decides (PID 1's "Main process exited").
+    fn main(&mut self, unit: String, record: &ExitRecord, known: bool) -> bool {
+        let urgent = known
             && self
                 .recovery
                 .config()
                 .policy(&unit)
                 .is_some_and(UnitPolicy::restarts);
         let incident = Incident::from_death(&unit, record, causes::from_death(record));
-        let progress = Progress::new(incident, self.incidents.clone());
+        let progress = Arc::new(Progress::new(incident, self.incidents.clone()));
+        if known {
+            self.recovery
+                .own_run(&unit, record.invocation_id.as_deref(), &progress);
+            // Workers that died just before it (gunicorn's "Worker failed to boot") were the
+            // start of this failure.
+            if let Some(group) = self.recovery.take_group(&unit) {
+                if let Some(task) = &group.task {
+                    task.abort();
+                }
+                if let Some(earlier) = group.progress.discard() {
+                    progress.with(|i| i.absorb(&earlier));
+                }
+            }
+        }
         let (answer, journaled) = oneshot::channel();
         // Sending fails only without a journal thread; the incident then goes out without lines.
         let _ = self.journal.send((unit.clone(), record.clone(), answer));
@@ -95,10 +117,41 @@ impl Dispatcher {
             unit,
             record.clone(),
             journaled,
-            from_manager,
+            known,
             progress,
         ));
         urgent
+    }
+
+    /// A worker's death: counted in its run's open worker incident, or the first of a new one.
+    fn worker(&mut self, unit: &str, record: &ExitRecord) {
+        let run = record.invocation_id.as_deref();
+        if terminated_on_request(record) || self.recovery.is_quiet(unit, run) {
+            return;
+        }
+        if let Some(group) = self.recovery.group(unit, run) {
+            group.progress.with(|i| i.add_death(record));
+            group.deaths.send_modify(|n| *n += 1);
+            return;
+        }
+        let incident = Incident::from_death(unit, record, causes::from_death(record));
+        let mut group = workers::Group {
+            invocation: record.invocation_id.clone(),
+            progress: Arc::new(Progress::new(incident, self.incidents.clone())),
+            deaths: Arc::new(watch::channel(1).0),
+            task: None,
+        };
+        let (answer, journaled) = oneshot::channel();
+        let _ = self.journal.send((unit.to_owned(), record.clone(), answer));
+        let failures = self.recovery.failed(unit);
+        group.task = Some(self.tasks.spawn(workers::run(
+            Arc::clone(&self.recovery),
+            unit.to_owned(),
+            group.clone(),
+            journaled,
+            failures,
+        )));
+        self.recovery.set_group(unit, group);
     }
 
     /// The next finished incident task (pending forever while there is none); a task that failed
@@ -118,6 +171,9 @@ impl Dispatcher {
         &mut self,
         incidents: &mut UnboundedReceiver<Incident>,
     ) -> Vec<Incident> {
+        // A liveness incident under way goes out `interrupted` as its task is dropped.
+        self.liveness.abort_all();
+        while self.liveness.join_next().await.is_some() {}
         let finishing = async {
             while let Some(done) = self.tasks.join_next().await {
                 if let Err(e) = done {
@@ -132,12 +188,23 @@ impl Dispatcher {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
+        self.recovery.interrupt_all();
         let mut left = Vec::new();
         while let Ok(incident) = incidents.try_recv() {
             left.push(incident);
         }
         left
     }
+}
+
+/// A death by a signal a process asked for to end it (systemd's stop, a supervisor terminating or
+/// reloading its workers): not a failure by itself. SIGKILL is not among them: uvicorn and
+/// gunicorn send it to workers that stopped answering.
+fn terminated_on_request(record: &ExitRecord) -> bool {
+    matches!(
+        record.signal.as_deref(),
+        Some("SIGTERM" | "SIGINT" | "SIGHUP" | "SIGQUIT")
+    ) && record.killed_by.as_ref().is_some_and(|k| !k.kernel)
 }
 
 /// Connects to the watched systemd when the configuration asks for restarts, so that the first

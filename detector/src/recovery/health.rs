@@ -43,6 +43,23 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
     cause.to_string()
 }
 
+/// One attempt, bounded by `timeout`: Ok when it answered the expected status, else what it got.
+pub(crate) async fn check(
+    client: &reqwest::Client,
+    health: &Health,
+    timeout: Duration,
+) -> Result<(), String> {
+    match client.get(health.url.clone()).timeout(timeout).send().await {
+        Ok(response) if response.status().as_u16() == health.expect => Ok(()),
+        Ok(response) => Err(format!(
+            "status {} (expected {})",
+            response.status().as_u16(),
+            health.expect
+        )),
+        Err(e) => Err(describe(&e, timeout)),
+    }
+}
+
 /// Polls `health` every `interval` until it passes or `until`. Each attempt is bounded by the
 /// check's timeout and by what is left of the deadline.
 pub(crate) async fn wait_healthy(
@@ -55,16 +72,9 @@ pub(crate) async fn wait_healthy(
         attempts += 1;
         let left = until.saturating_duration_since(Instant::now());
         let timeout = health.timeout.min(left);
-        let last = match client.get(health.url.clone()).timeout(timeout).send().await {
-            Ok(response) if response.status().as_u16() == health.expect => {
-                return Verdict::Healthy { attempts };
-            }
-            Ok(response) => format!(
-                "status {} (expected {})",
-                response.status().as_u16(),
-                health.expect
-            ),
-            Err(e) => describe(&e, timeout),
+        let last = match check(client, health, timeout).await {
+            Ok(()) => return Verdict::Healthy { attempts },
+            Err(last) => last,
         };
         let next = Instant::now() + health.interval;
         if next >= until {

@@ -14,10 +14,12 @@
 
 mod dispatch;
 pub(crate) mod health;
+mod liveness;
 pub(crate) mod policy;
 mod restart;
 mod settle;
 pub(crate) mod systemd;
+mod workers;
 
 use std::{
     collections::HashMap,
@@ -60,7 +62,22 @@ struct Track {
     history: History,
     /// Bumped at each failure, so that a recovery still running for the last one stops.
     deaths: Option<watch::Sender<u64>>,
+    /// Runs an open incident owns (a main process died, detector restarted or killed them):
+    /// every later death in them is part of that incident. Closed ones are dropped as found.
+    owned: Vec<(Option<String>, Arc<Progress>)>,
+    /// The latest incident opened by a worker's death, while it is open.
+    group: Option<workers::Group>,
+    /// A run whose workers' deaths are no longer incidents: its respawn loop was reported or
+    /// given up, or detector restarted it.
+    quiet: Option<Run>,
 }
+
+/// A run of a unit, by its invocation id (None: not known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run(Option<String>);
+
+/// Most runs a unit's track remembers as owned; the oldest goes first.
+const MAX_OWNED: usize = 8;
 
 /// The recovery side of the daemon, shared by the tasks handling deaths.
 pub(crate) struct Recovery {
@@ -70,6 +87,26 @@ pub(crate) struct Recovery {
     units: Mutex<HashMap<String, Track>>,
     /// Made at the first health check: a daemon without any costs no memory for it.
     http: std::sync::OnceLock<reqwest::Client>,
+}
+
+/// How a unit failed, for what recovering it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Its main process died: systemd stops the run (and may restart it by `Restart=`).
+    Stopped,
+    /// It runs, but its workers keep dying: systemd sees nothing to do.
+    Running,
+    /// It runs and does not answer: systemd sees nothing to do, and a stop would wait out
+    /// `TimeoutStopSec=`.
+    Hung,
+}
+
+/// A failure to recover from: the run that failed and how.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failure<'a> {
+    /// The failed run's invocation id, when known.
+    pub old: Option<&'a str>,
+    pub kind: Kind,
 }
 
 /// A recovery was cut short by the unit failing again.
@@ -93,7 +130,7 @@ impl Recovery {
     }
 
     /// The connection to systemd, made again if an earlier one failed.
-    async fn bus(&self) -> Result<Arc<Systemd>, ActionError> {
+    pub(crate) async fn bus(&self) -> Result<Arc<Systemd>, ActionError> {
         let mut bus = self.bus.lock().await;
         if let Some(bus) = bus.as_ref() {
             return Ok(Arc::clone(bus));
@@ -115,7 +152,7 @@ impl Recovery {
 
     /// Notes a failure of `unit`: a recovery still running for an earlier one stops. Returns
     /// what this failure's recovery watches for the next.
-    fn failed(&self, unit: &str) -> watch::Receiver<u64> {
+    pub(crate) fn failed(&self, unit: &str) -> watch::Receiver<u64> {
         self.with_track(unit, |track| {
             let sender = track.deaths.get_or_insert_with(|| watch::channel(0).0);
             sender.send_modify(|n| *n += 1);
@@ -129,21 +166,112 @@ impl Recovery {
         self.with_track(unit, |track| track.history.restarted(Instant::now()));
     }
 
+    /// From now on, every death in `unit`'s run `invocation` is part of `progress`'s incident.
+    pub(crate) fn own_run(&self, unit: &str, invocation: Option<&str>, progress: &Arc<Progress>) {
+        self.with_track(unit, |track| {
+            track.owned.retain(|(_, p)| p.is_open());
+            if track.owned.len() >= MAX_OWNED {
+                track.owned.remove(0);
+            }
+            track
+                .owned
+                .push((invocation.map(str::to_owned), Arc::clone(progress)));
+        });
+    }
+
+    /// The open incident that owns `unit`'s run `invocation`, if any.
+    pub(crate) fn owner(&self, unit: &str, invocation: Option<&str>) -> Option<Arc<Progress>> {
+        self.with_track(unit, |track| {
+            track.owned.retain(|(_, p)| p.is_open());
+            track
+                .owned
+                .iter()
+                .rev()
+                .find(|(run, _)| run.as_deref() == invocation)
+                .map(|(_, p)| Arc::clone(p))
+        })
+    }
+
+    /// Whether an incident of `unit` is open (a recovery, or a burst of worker deaths).
+    pub(crate) fn busy(&self, unit: &str) -> bool {
+        self.with_track(unit, |track| {
+            track.owned.retain(|(_, p)| p.is_open());
+            !track.owned.is_empty() || track.group.as_ref().is_some_and(workers::Group::is_open)
+        })
+    }
+
+    /// Worker deaths in `unit`'s run `invocation` are no longer incidents.
+    pub(crate) fn quiet(&self, unit: &str, invocation: Option<&str>) {
+        self.with_track(unit, |track| {
+            track.quiet = Some(Run(invocation.map(str::to_owned)));
+        });
+    }
+
+    pub(crate) fn is_quiet(&self, unit: &str, invocation: Option<&str>) -> bool {
+        self.with_track(unit, |track| {
+            track
+                .quiet
+                .as_ref()
+                .is_some_and(|run| run.0.as_deref() == invocation)
+        })
+    }
+
+    /// The open worker incident of `unit`'s run `invocation`, to count one more death in.
+    pub(crate) fn group(&self, unit: &str, invocation: Option<&str>) -> Option<workers::Group> {
+        self.with_track(unit, |track| {
+            track
+                .group
+                .as_ref()
+                .filter(|g| g.is_open() && g.invocation.as_deref() == invocation)
+                .cloned()
+        })
+    }
+
+    /// Takes the open worker incident of `unit`, if any (a main process's death takes it over).
+    pub(crate) fn take_group(&self, unit: &str) -> Option<workers::Group> {
+        self.with_track(unit, |track| {
+            track.group.take().filter(workers::Group::is_open)
+        })
+    }
+
+    pub(crate) fn set_group(&self, unit: &str, group: workers::Group) {
+        self.with_track(unit, |track| track.group = Some(group));
+    }
+
+    /// At shutdown, once no task runs any more: every incident still open goes out as far as it
+    /// got, marked `interrupted` (the tasks that held them are gone, but the tracks still do).
+    pub(crate) fn interrupt_all(&self) {
+        let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
+        for track in units.values_mut() {
+            for (_, progress) in track.owned.drain(..) {
+                progress.interrupt();
+            }
+            if let Some(group) = track.group.take() {
+                group.progress.interrupt();
+            }
+        }
+    }
+
+    /// The health-check client, made at the first check.
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(health::client)
+    }
+
     pub(crate) fn recent(&self, unit: &str, window: Duration) -> usize {
         self.with_track(unit, |track| track.history.recent(Instant::now(), window))
     }
 
-    /// Carries out `policy` for the failure `record` of `unit`, writing steps into `progress`.
-    async fn recover(
+    /// Carries out `policy` for a failure of `unit`'s run `old`, writing steps into `progress`.
+    pub(crate) async fn recover(
         &self,
         unit: &str,
         policy: &UnitPolicy,
-        record: &ExitRecord,
+        failure: Failure<'_>,
         progress: &Progress,
         mut deaths: watch::Receiver<u64>,
     ) {
         let outcome = tokio::select! {
-            outcome = self.run_policy(unit, policy, record, progress) => outcome,
+            outcome = self.run_policy(unit, policy, failure, progress) => outcome,
             _ = deaths.changed() => Err(DiedAgain),
         };
         match outcome {
@@ -163,15 +291,16 @@ impl Recovery {
         &self,
         unit: &str,
         policy: &UnitPolicy,
-        record: &ExitRecord,
+        Failure { old, kind }: Failure<'_>,
         progress: &Progress,
     ) -> Result<Action, DiedAgain> {
         let bus = match self.bus().await {
             Ok(bus) => bus,
             Err(e) => return Ok(self.failure(progress, &e).await),
         };
-        // Only `restart` defers to the unit's own `Restart=`, and only it needs to read it.
-        let service = if policy.restart == RestartMode::Restart {
+        // Only `restart` defers to the unit's own `Restart=`, and only it needs to read it. A
+        // unit that is still active (its workers die, or it hangs) is nothing systemd restarts.
+        let service = if policy.restart == RestartMode::Restart && kind == Kind::Stopped {
             match bus.unit(unit).await {
                 Ok(state) => Some(state),
                 Err(e) => return Ok(self.failure(progress, &e).await),
@@ -185,13 +314,26 @@ impl Recovery {
             .is_some_and(|r| r != "no");
         let recent = self.recent(unit, policy.crash_loop.window);
         let plan = policy::plan(policy.restart, policy.crash_loop, systemd_restarts, recent);
-        if matches!(plan, Plan::Watch | Plan::Restart { .. })
+        if kind == Kind::Hung
+            && matches!(plan, Plan::Restart { .. })
+            && let Err(e) = bus.kill(unit, libc::SIGKILL).await
+        {
+            return Ok(self.failure(progress, &e).await);
+        }
+        if kind == Kind::Hung && matches!(plan, Plan::Restart { .. }) {
+            progress.step(
+                "killed",
+                Some(
+                    "SIGKILL to every process of the unit: a hung service would hold its stop \
+                     for TimeoutStopSec="
+                        .to_owned(),
+                ),
+            );
+        }
+        if kind != Kind::Running
+            && matches!(plan, Plan::Watch | Plan::Restart { .. })
             && let Err(e) = bus
-                .await_reaped(
-                    unit,
-                    record.invocation_id.as_deref(),
-                    Instant::now() + REAP_WAIT,
-                )
+                .await_reaped(unit, old, Instant::now() + REAP_WAIT)
                 .await
         {
             return Ok(self.failure(progress, &e).await);
@@ -201,13 +343,10 @@ impl Recovery {
             Plan::GiveUp { restarts } => Ok(give_up(progress, policy, restarts)),
             Plan::Watch => {
                 let restart_sec = service.and_then(|s| s.restart_sec).unwrap_or_default();
-                self.watch(&bus, unit, policy, record, progress, restart_sec)
+                self.watch(&bus, unit, policy, old, progress, restart_sec)
                     .await
             }
-            Plan::Restart { delay } => {
-                self.restart(&bus, unit, policy, record, progress, delay)
-                    .await
-            }
+            Plan::Restart { delay } => self.restart(&bus, unit, policy, old, progress, delay).await,
         }
     }
 
@@ -232,7 +371,7 @@ pub(crate) async fn handle(
     record: ExitRecord,
     journal: oneshot::Receiver<Account>,
     fast: bool,
-    progress: Progress,
+    progress: Arc<Progress>,
 ) {
     let acting = recovery
         .config()
@@ -242,7 +381,11 @@ pub(crate) async fn handle(
     match acting {
         Some(policy) if fast => {
             let deaths = recovery.failed(&unit);
-            let recover = recovery.recover(&unit, &policy, &record, &progress, deaths);
+            let failure = Failure {
+                old: record.invocation_id.as_deref(),
+                kind: Kind::Stopped,
+            };
+            let recover = recovery.recover(&unit, &policy, failure, &progress, deaths);
             let (journaled, ()) = tokio::join!(journal, recover);
             if let Ok(account) = journaled {
                 progress.with(|i| i.journaled(account));
@@ -265,8 +408,12 @@ pub(crate) async fn handle(
             }
             if let Some(policy) = acting {
                 let deaths = recovery.failed(&unit);
+                let failure = Failure {
+                    old: record.invocation_id.as_deref(),
+                    kind: Kind::Stopped,
+                };
                 recovery
-                    .recover(&unit, &policy, &record, &progress, deaths)
+                    .recover(&unit, &policy, failure, &progress, deaths)
                     .await;
             }
         }

@@ -14,7 +14,6 @@ use super::{
 };
 use crate::{
     config::{RestartMode, UnitPolicy},
-    death::record::ExitRecord,
     incident::{Action, Progress},
     kernel::clock,
 };
@@ -28,15 +27,12 @@ impl Recovery {
         bus: &Systemd,
         unit: &str,
         policy: &UnitPolicy,
-        record: &ExitRecord,
+        old: Option<&str>,
         progress: &Progress,
         restart_sec: Duration,
     ) -> Result<Action, DiedAgain> {
         let until = Instant::now() + restart_sec + WATCH_MARGIN;
-        match bus
-            .settle(unit, record.invocation_id.as_deref(), until)
-            .await
-        {
+        match bus.settle(unit, old, until).await {
             Ok(Settled::Active) => Ok(self.restarted_by_systemd(unit, policy, progress).await),
             Ok(Settled::Down { result, .. }) => {
                 let recent = self.recent(unit, policy.crash_loop.window);
@@ -46,8 +42,7 @@ impl Recovery {
                 );
                 match policy::plan(RestartMode::Expedite, policy.crash_loop, false, recent) {
                     Plan::Restart { delay } => {
-                        self.restart(bus, unit, policy, record, progress, delay)
-                            .await
+                        self.restart(bus, unit, policy, old, progress, delay).await
                     }
                     Plan::GiveUp { restarts } => Ok(give_up(progress, policy, restarts)),
                     Plan::Report | Plan::Watch => Ok(Action::Reported),
@@ -75,11 +70,10 @@ impl Recovery {
         bus: &Systemd,
         unit: &str,
         policy: &UnitPolicy,
-        record: &ExitRecord,
+        old: Option<&str>,
         progress: &Progress,
         delay: Duration,
     ) -> Result<Action, DiedAgain> {
-        let old = record.invocation_id.as_deref();
         if !delay.is_zero() {
             let recent = self.recent(unit, policy.crash_loop.window);
             progress.step(

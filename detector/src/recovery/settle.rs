@@ -15,15 +15,18 @@ const REREAD: Duration = Duration::from_millis(250);
 /// As [`REREAD`], while waiting for systemd to reap a main process, which takes a millisecond.
 const REAP_REREAD: Duration = Duration::from_millis(5);
 
-/// Whether a unit's PropertiesChanged signal says it is no longer active.
-fn left_active(signal: &zbus::fdo::PropertiesChanged) -> bool {
+/// How long a unit may take to stop the rest of a run whose main process died.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether a unit's PropertiesChanged signal says it is neither active nor stopping.
+fn at_rest(signal: &zbus::fdo::PropertiesChanged) -> bool {
     signal.args().is_ok_and(|args| {
         args.interface_name().as_str() == "org.freedesktop.systemd1.Unit"
             && args
                 .changed_properties()
                 .get("ActiveState")
                 .and_then(|v| <&str>::try_from(v).ok())
-                .is_some_and(|state| state != "active")
+                .is_some_and(|state| state != "active" && state != "deactivating")
     })
 }
 
@@ -67,11 +70,14 @@ pub enum Settled {
 
 impl Systemd {
     /// Waits until systemd has handled the death of a main or control process of `unit`'s
-    /// run `old`: the unit is no longer active, or active in another run; or `until`. A restart
-    /// requested before that races systemd's own handling of the death: on systemd 252 such a
-    /// restart was seen to wait out the unit's `RestartSec=` after all, while one requested once
-    /// the unit is in `auto-restart` replaces the wait (the job stops the unit,
-    /// `auto-restart -> dead`, then starts it). (Not `MainPID`: systemd gives it in its own pid
+    /// run `old`: the unit is neither active nor still stopping the rest of that run
+    /// (`deactivating`: a supervisor's workers, killed by systemd's stop), or is active in
+    /// another run; or `until` while it stays active, [`STOP_WAIT`] while it is stopping. A
+    /// restart requested before that races systemd's own handling of the death: on systemd 252
+    /// such a restart was seen to wait out the unit's `RestartSec=` after all, while one requested
+    /// once the unit is in `auto-restart` replaces the wait (the job stops the unit,
+    /// `auto-restart -> dead`, then starts it); and one requested while the old run's workers are
+    /// still being stopped races that stop. (Not `MainPID`: systemd gives it in its own pid
     /// namespace, which is not ours when it runs in a container.)
     pub async fn await_reaped(
         &self,
@@ -83,24 +89,28 @@ impl Systemd {
         let path = self.path(unit).await?;
         let mut changes = self.changes(unit, &path).await?;
         let proxy = self.proxy::<UnitProxy<'static>>(unit, path).await?;
-        while proxy
-            .active_state()
-            .await
-            .map_err(err("read the state of"))?
-            == "active"
-        {
+        let stop_until = Instant::now() + STOP_WAIT;
+        loop {
+            let state = proxy
+                .active_state()
+                .await
+                .map_err(err("read the state of"))?;
+            let deadline = match state.as_str() {
+                "active" => until,
+                "deactivating" => stop_until,
+                _ => return Ok(()),
+            };
             let now = proxy.invocation_id().await.ok().as_deref().and_then(hex);
             if old.is_some_and(|old| now.as_deref() != Some(old)) {
-                break;
+                return Ok(());
             }
-            match next_change(&mut changes, REAP_REREAD, until).await {
+            match next_change(&mut changes, REAP_REREAD, deadline).await {
                 // The signal carries the new state: no need to ask for it.
-                Some(Some(signal)) if left_active(&signal) => break,
+                Some(Some(signal)) if at_rest(&signal) => return Ok(()),
                 Some(_) => {}
-                None => break,
+                None => return Ok(()),
             }
         }
-        Ok(())
     }
 
     /// The unit's PropertiesChanged signals.

@@ -18,6 +18,7 @@ trait Manager {
     fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
     /// Without a subscriber, systemd does not send its units' PropertiesChanged signals.
     fn subscribe(&self) -> zbus::Result<()>;
 }
@@ -236,6 +237,14 @@ impl Systemd {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(unit.to_owned(), path.clone());
         Ok(path)
+    }
+
+    /// Sends `signal` to every process of `unit` (`systemctl kill --kill-whom=all`).
+    pub(crate) async fn kill(&self, unit: &str, signal: i32) -> Result<(), ActionError> {
+        self.manager
+            .kill_unit(unit, "all", signal)
+            .await
+            .map_err(unit_error(unit, "signal"))
     }
 
     /// Asks systemd to restart `unit` now (`RestartUnit(unit, "replace")`): a pending automatic

@@ -12,3 +12,4 @@ pub(crate) mod cgroups;
 pub(crate) mod manager;
 pub(crate) mod names;
 pub(crate) mod ports;
+pub(crate) mod roles;
