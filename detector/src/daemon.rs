@@ -156,6 +156,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             journal,
             Recovery::new(options.root.clone(), config, bus),
             incidents_tx,
+            manager_pid,
         ),
         cgroups: CgroupResolver::discover(manager_root.clone()),
         roles: Roles {

@@ -206,12 +206,16 @@ pub(crate) fn all(daemon: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The restart benchmarks, run by `restart-bench` from the tests crate, which has the machine
+/// The restart and workers benchmarks, run by `restart-bench` and `workers-bench` from the tests
+/// crate, which has the machine
 /// and daemon harness.
 pub(crate) fn restart(daemon: &Path, machine_root: &Path) -> Result<()> {
-    crate::run(
-        Command::new(build_helper("restart-bench")?)
-            .env("DETECTOR_BIN", daemon)
-            .env("DETECTOR_MACHINE_ROOT", machine_root),
-    )
+    for bench in ["restart-bench", "workers-bench"] {
+        crate::run(
+            Command::new(build_helper(bench)?)
+                .env("DETECTOR_BIN", daemon)
+                .env("DETECTOR_MACHINE_ROOT", machine_root),
+        )?;
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::exit_status;
 use crate::{config::rules::Rule, death::record::ExitRecord};
 
 /// A cause (`oom_kill`, `missing_env`, ...) and its detail in words an operator reads once.
@@ -111,6 +112,33 @@ pub(crate) fn classify(
             return (rule.cause.clone(), detail);
         }
     }
+    // systemd's own verdict, when it ended the run itself (a timeout, the watchdog, ...).
+    if let Some(outcome) = systemd_result(journal)
+        .and_then(exit_status::outcome)
+        .filter(|o| !matches!(o.cause.as_str(), "none" | "from_status" | "signal"))
+    {
+        return (
+            outcome.cause.clone(),
+            format!(
+                "systemd ended the run with Result={}: {}",
+                outcome.result, outcome.meaning
+            ),
+        );
+    }
+    // A status systemd's own child exited with, before the program ran.
+    if let Some(status) = record
+        .exit_code
+        .and_then(exit_status::status)
+        .filter(|s| s.cause != "app_exit")
+    {
+        return (
+            status.cause.clone(),
+            format!(
+                "exited with status {}/{}: {}",
+                status.code, status.name, status.meaning
+            ),
+        );
+    }
     let (cause, detail) = death_cause(record);
     if cause == "exit_code"
         && let Some(uptime) = context.uptime.filter(|u| *u < context.startup_grace)
@@ -121,6 +149,39 @@ pub(crate) fn classify(
         );
     }
     (cause, detail)
+}
+
+/// The cause of a run systemd failed without a death of ours (no process ran, or none failed):
+/// a journal rule, else systemd's `Result=`, else a plain failure.
+#[must_use]
+pub(crate) fn classify_run(journal: &[String], rules: &[Rule]) -> Cause {
+    for line in journal.iter().rev() {
+        if let Some((rule, detail)) = rules.iter().find_map(|r| r.apply(line).map(|d| (r, d))) {
+            return (rule.cause.clone(), detail);
+        }
+    }
+    match systemd_result(journal).and_then(exit_status::outcome) {
+        Some(outcome) => (
+            outcome.cause.clone(),
+            format!(
+                "systemd failed the unit with Result={}: {}",
+                outcome.result, outcome.meaning
+            ),
+        ),
+        None => (
+            "failed".to_owned(),
+            "systemd reports the unit failed; no process of it died".to_owned(),
+        ),
+    }
+}
+
+/// systemd's `Result=` for the run, from PID 1's "Failed with result 'timeout'." (the newest).
+#[must_use]
+pub(crate) fn systemd_result(journal: &[String]) -> Option<&str> {
+    journal.iter().rev().find_map(|line| {
+        let rest = line.split_once("Failed with result '")?.1;
+        rest.split_once('\'').map(|(result, _)| result)
+    })
 }
 
 /// The cause told by the death alone (`oom_kill`, `signal`, `exit_code`), before its journal
@@ -226,6 +287,73 @@ mod tests {
                 (cause.to_owned(), detail.to_owned()),
                 "{journal:?}"
             );
+        }
+    }
+
+    #[test]
+    fn systemd_s_own_failures_are_named() {
+        let rules = builtin();
+        let mut r = record();
+        let cases: [(Option<u8>, &[&str], &str, &str); 7] = [
+            (
+                Some(203),
+                &[
+                    "app.service: Failed at step EXEC spawning /opt/venv/bin/uvicorn: No such file or directory",
+                    "app.service: Main process exited, code=exited, status=203/EXEC",
+                ],
+                "missing_dependency",
+                "systemd cannot run the ExecStart= program /opt/venv/bin/uvicorn (No such file or directory): is its package or virtualenv installed?",
+            ),
+            (
+                Some(217),
+                &["app.service: Failed to determine user credentials: No such process"],
+                "unknown_user",
+                "the unit's user cannot be resolved (No such process): does it exist on this host?",
+            ),
+            (
+                Some(200),
+                &[
+                    "app.service: Changing to the requested working directory failed: No such file or directory",
+                ],
+                "missing_working_directory",
+                "the unit's WorkingDirectory= cannot be entered (No such file or directory)",
+            ),
+            (
+                None,
+                &[
+                    "app.service: Failed to load environment files: No such file or directory",
+                    "app.service: Failed with result 'resources'.",
+                ],
+                "missing_env",
+                "the unit's EnvironmentFile= cannot be read (No such file or directory)",
+            ),
+            (
+                None,
+                &[
+                    "app.service: start operation timed out. Terminating.",
+                    "app.service: Failed with result 'timeout'.",
+                ],
+                "timeout",
+                "the unit did not finish starting within TimeoutStartSec=: systemd stopped it",
+            ),
+            (
+                Some(226),
+                &["app.service: Main process exited, code=exited, status=226/NAMESPACE"],
+                "sandbox_setup",
+                "exited with status 226/NAMESPACE: ",
+            ),
+            (
+                Some(1),
+                &["app.service: Failed with result 'start-limit-hit'."],
+                "start_limit",
+                "systemd ended the run with Result=start-limit-hit: ",
+            ),
+        ];
+        for (code, journal, cause, detail) in cases {
+            r.exit_code = code;
+            let (got, words) = classify(&r, &lines(journal), &rules, LATE);
+            assert_eq!(got, cause, "{journal:?}: {words}");
+            assert!(words.starts_with(detail), "{journal:?}: {words}");
         }
     }
 

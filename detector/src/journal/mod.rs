@@ -18,6 +18,7 @@
 //!   buffer.
 
 pub(crate) mod causes;
+pub(crate) mod exit_status;
 mod reader;
 
 use std::{
@@ -73,8 +74,21 @@ pub(crate) struct Account {
     pub port_holder: Option<ports::Holder>,
 }
 
-/// A death in a service (the unit, the death) for the journal thread, and where its answer goes.
-pub(crate) type Request = (String, ExitRecord, oneshot::Sender<Account>);
+/// What the journal thread is asked, and where its answer goes.
+pub(crate) enum Request {
+    /// A death in a service.
+    Death {
+        unit: String,
+        record: Box<ExitRecord>,
+        answer: oneshot::Sender<Account>,
+    },
+    /// A run systemd failed with no death to explain it (a start it could not make).
+    Run {
+        unit: String,
+        invocation: Option<String>,
+        answer: oneshot::Sender<Account>,
+    },
+}
 
 /// What the journal thread keeps between deaths.
 struct Reader {
@@ -86,6 +100,52 @@ struct Reader {
 }
 
 impl Reader {
+    /// What the journal says about a run of `unit` that systemd failed without a death: its
+    /// lines, and the cause they (or systemd's `Result=`) tell.
+    fn run(&mut self, unit: &str, invocation: Option<String>) -> Account {
+        self.ensure_open();
+        let n = self
+            .options
+            .config
+            .policy(unit)
+            .map_or(self.options.lines, |p| p.journal_lines);
+        let lines = match self
+            .journal
+            .as_mut()
+            .map(|j| reader::collect_run(j, unit, invocation.as_deref(), n))
+        {
+            Some(Ok(lines)) => lines,
+            Some(Err(e)) => {
+                tracing::warn!(unit, error = %e, "reading the journal failed; reopening it next time");
+                self.journal = None;
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        let cause = causes::classify_run(&lines, &self.rules);
+        Account {
+            main_process: true,
+            invocation_id: invocation,
+            lines,
+            cause,
+            port_holder: None,
+        }
+    }
+
+    /// Opens the journal if it is not open; an error is logged once.
+    fn ensure_open(&mut self) {
+        if self.journal.is_none() {
+            match reader::open(&self.options.root) {
+                Ok(j) => self.journal = Some(j),
+                Err(e) if e != self.last_error => {
+                    tracing::warn!("{e}; incidents go out without journal lines");
+                    self.last_error = e;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// What the journal says about `record`'s death in `unit`.
     fn account(&mut self, unit: &str, record: &ExitRecord) -> Account {
         if self.journal.is_none() {
@@ -234,9 +294,24 @@ pub(crate) fn spawn(options: Options) -> mpsc::Sender<Request> {
                 journal: None,
                 last_error: String::new(),
             };
-            for (unit, record, answer) in rx {
+            for request in rx {
                 // Nobody waiting any more (the daemon is stopping) is not an error.
-                let _ = answer.send(reader.account(&unit, &record));
+                match request {
+                    Request::Death {
+                        unit,
+                        record,
+                        answer,
+                    } => {
+                        let _ = answer.send(reader.account(&unit, &record));
+                    }
+                    Request::Run {
+                        unit,
+                        invocation,
+                        answer,
+                    } => {
+                        let _ = answer.send(reader.run(&unit, invocation));
+                    }
+                }
             }
         });
     if let Err(e) = spawned {

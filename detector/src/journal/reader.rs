@@ -15,6 +15,9 @@ use crate::{death::record::ExitRecord, kernel::clock::Clock};
 
 /// `SD_MESSAGE_UNIT_PROCESS_EXIT`: "Main process exited" (systemd's src/systemd/sd-messages.h).
 const PROCESS_EXIT: &str = "98e322203f7a4ed290d09fe03c09fe15";
+/// `SD_MESSAGE_UNIT_FAILURE_RESULT`: "Failed with result '...'." with `UNIT_RESULT=` (not
+/// `SD_MESSAGE_UNIT_FAILED`, which is a failed start job).
+const UNIT_FAILED_RESULT: &str = "d9b373ed55a64feb8242e02dbe79a49c";
 /// `SD_MESSAGE_UNIT_STARTED`: "Started UNIT", logged when the run began.
 const UNIT_STARTED: &str = "39f53479d3a045ac8e11786248231fbf";
 /// After PID 1's message, a moment for journald to finish the dead process's stdout stream.
@@ -93,6 +96,20 @@ fn await_exit(
                 // Some("") when PID 1 gave no id: the death is confirmed all the same.
                 return Ok(Some(field(j, "INVOCATION_ID").unwrap_or_default()));
             }
+        }
+        // PID 1 logs no exit for a death it counts as clean (SIGTERM), yet a run it ended itself
+        // (a start timeout) or a failed control process (ExecStartPre=) still fails the unit:
+        // "Failed with result 'timeout'." of this run says so.
+        j.match_flush()?;
+        j.match_add("MESSAGE_ID", UNIT_FAILED_RESULT)?;
+        j.match_add("UNIT", unit)?;
+        j.match_add("_PID", "1")?;
+        if let Some(id) = &record.invocation_id {
+            j.match_add("INVOCATION_ID", id.as_str())?;
+        }
+        j.seek_tail()?;
+        if j.previous()? > 0 && j.timestamp_usec()? + 1_000_000 >= died_us {
+            return Ok(Some(field(j, "INVOCATION_ID").unwrap_or_default()));
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -176,6 +193,18 @@ pub(super) fn collect(
         started_us,
         lines,
     })
+}
+
+/// The last `n` lines of `unit`'s run `invocation`, once PID 1's own lines about its failure are
+/// in.
+pub(crate) fn collect_run(
+    j: &mut Journal,
+    unit: &str,
+    invocation: Option<&str>,
+    n: usize,
+) -> Result<Vec<String>, systemd::Error> {
+    thread::sleep(SETTLE);
+    lines(j, unit, invocation, n)
 }
 
 /// What the journal says about a worker's death in `unit`: its own lines (`_PID=ns_pid`, the

@@ -33,8 +33,11 @@ pub(crate) struct Dispatcher {
     recovery: Arc<Recovery>,
     /// One task per death in a service, until its incident is written.
     tasks: JoinSet<()>,
-    /// One liveness task per unit that asks for it, for the daemon's lifetime.
-    liveness: JoinSet<()>,
+    /// Tasks that live as long as the daemon: one liveness task per unit that asks for it, and
+    /// the watcher of systemd's unit states.
+    watchers: JoinSet<()>,
+    /// The watched systemd's PID 1, in our pid namespace, when known.
+    manager_pid: Option<i32>,
     incidents: UnboundedSender<Incident>,
 }
 
@@ -44,14 +47,17 @@ impl Dispatcher {
         journal: std::sync::mpsc::Sender<journal::Request>,
         recovery: Recovery,
         incidents: UnboundedSender<Incident>,
+        manager_pid: Option<i32>,
     ) -> Self {
         let recovery = Arc::new(recovery);
-        let liveness = super::liveness::spawn(&recovery, &incidents);
+        let mut watchers = super::liveness::spawn(&recovery, &incidents);
+        super::states::spawn(&mut watchers, &recovery, &incidents, &journal);
         Self {
             journal,
             recovery,
             tasks: JoinSet::new(),
-            liveness,
+            watchers,
+            manager_pid,
             incidents,
         }
     }
@@ -87,7 +93,16 @@ impl Dispatcher {
     /// The death of a unit's main (or control) process, or, with `known` false, of a process
     /// whose role we cannot tell: then the journal decides (PID 1's "Main process exited").
     fn main(&mut self, unit: String, record: &ExitRecord, known: bool) -> bool {
-        let urgent = known
+        // A main process systemd itself signalled: its stop (quiet), or a timeout (a failure).
+        // Only PID 1's account tells which, so the journal decides before anything is done.
+        let by_manager = record.killed_by.as_ref().is_some_and(|k| {
+            !k.kernel
+                && self
+                    .manager_pid
+                    .is_some_and(|m| i64::from(k.pid) == i64::from(m))
+        });
+        let fast = known && !by_manager;
+        let urgent = fast
             && self
                 .recovery
                 .config()
@@ -111,13 +126,17 @@ impl Dispatcher {
         }
         let (answer, journaled) = oneshot::channel();
         // Sending fails only without a journal thread; the incident then goes out without lines.
-        let _ = self.journal.send((unit.clone(), record.clone(), answer));
+        let _ = self.journal.send(journal::Request::Death {
+            unit: unit.clone(),
+            record: Box::new(record.clone()),
+            answer,
+        });
         self.tasks.spawn(super::handle(
             Arc::clone(&self.recovery),
             unit,
             record.clone(),
             journaled,
-            known,
+            fast,
             progress,
         ));
         urgent
@@ -142,7 +161,11 @@ impl Dispatcher {
             task: None,
         };
         let (answer, journaled) = oneshot::channel();
-        let _ = self.journal.send((unit.to_owned(), record.clone(), answer));
+        let _ = self.journal.send(journal::Request::Death {
+            unit: unit.to_owned(),
+            record: Box::new(record.clone()),
+            answer,
+        });
         let failures = self.recovery.failed(unit);
         group.task = Some(self.tasks.spawn(workers::run(
             Arc::clone(&self.recovery),
@@ -171,9 +194,9 @@ impl Dispatcher {
         &mut self,
         incidents: &mut UnboundedReceiver<Incident>,
     ) -> Vec<Incident> {
-        // A liveness incident under way goes out `interrupted` as its task is dropped.
-        self.liveness.abort_all();
-        while self.liveness.join_next().await.is_some() {}
+        // An incident they have under way goes out `interrupted` (see `interrupt_all`).
+        self.watchers.abort_all();
+        while self.watchers.join_next().await.is_some() {}
         let finishing = async {
             while let Some(done) = self.tasks.join_next().await {
                 if let Err(e) = done {

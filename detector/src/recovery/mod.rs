@@ -18,6 +18,7 @@ mod liveness;
 pub(crate) mod policy;
 mod restart;
 mod settle;
+mod states;
 pub(crate) mod systemd;
 mod workers;
 
@@ -70,14 +71,30 @@ struct Track {
     /// A run whose workers' deaths are no longer incidents: its respawn loop was reported or
     /// given up, or detector restarted it.
     quiet: Option<Run>,
+    /// The latest runs that had an incident, open or done: systemd's account of their failure
+    /// (the state watcher) is part of it, not another.
+    had_incident: std::collections::VecDeque<Run>,
 }
 
 /// A run of a unit, by its invocation id (None: not known).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Run(Option<String>);
 
-/// Most runs a unit's track remembers as owned; the oldest goes first.
+/// Most runs a unit's track remembers as owned, or as having had an incident; the oldest goes
+/// first.
 const MAX_OWNED: usize = 8;
+
+impl Track {
+    fn remember(&mut self, invocation: Option<&str>) {
+        let run = Run(invocation.map(str::to_owned));
+        if !self.had_incident.contains(&run) {
+            if self.had_incident.len() >= MAX_OWNED {
+                self.had_incident.pop_front();
+            }
+            self.had_incident.push_back(run);
+        }
+    }
+}
 
 /// The recovery side of the daemon, shared by the tasks handling deaths.
 pub(crate) struct Recovery {
@@ -129,6 +146,12 @@ impl Recovery {
         &self.config
     }
 
+    /// Where the watched systemd's files are.
+    #[must_use]
+    pub(crate) fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     /// The connection to systemd, made again if an earlier one failed.
     pub(crate) async fn bus(&self) -> Result<Arc<Systemd>, ActionError> {
         let mut bus = self.bus.lock().await;
@@ -176,7 +199,23 @@ impl Recovery {
             track
                 .owned
                 .push((invocation.map(str::to_owned), Arc::clone(progress)));
+            track.remember(invocation);
         });
+    }
+
+    /// Whether `unit`'s run `invocation` had an incident (and whether a death was ever seen in
+    /// `unit` at all, with `invocation` None: then any of its runs).
+    pub(crate) fn had_incident(&self, unit: &str, invocation: Option<&str>) -> bool {
+        let units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
+        units
+            .get(unit)
+            .is_some_and(|t| t.had_incident.iter().any(|r| r.0.as_deref() == invocation))
+    }
+
+    /// Whether a death was ever seen in `unit`.
+    pub(crate) fn knows(&self, unit: &str) -> bool {
+        let units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
+        units.contains_key(unit)
     }
 
     /// The open incident that owns `unit`'s run `invocation`, if any.
@@ -235,7 +274,10 @@ impl Recovery {
     }
 
     pub(crate) fn set_group(&self, unit: &str, group: workers::Group) {
-        self.with_track(unit, |track| track.group = Some(group));
+        self.with_track(unit, |track| {
+            track.remember(group.invocation.as_deref());
+            track.group = Some(group);
+        });
     }
 
     /// At shutdown, once no task runs any more: every incident still open goes out as far as it

@@ -54,6 +54,9 @@ pub(super) trait Service {
     fn n_restarts(&self) -> zbus::Result<u32>;
     #[zbus(property)]
     fn result(&self) -> zbus::Result<String>;
+    /// `EnvironmentFile=`: each path, and whether it may be missing (`-` prefix).
+    #[zbus(property)]
+    fn environment_files(&self) -> zbus::Result<Vec<(String, bool)>>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +240,19 @@ impl Systemd {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(unit.to_owned(), path.clone());
         Ok(path)
+    }
+
+    /// The unit's `EnvironmentFile=` entries: (path, may be missing).
+    pub(crate) async fn environment_files(
+        &self,
+        unit: &str,
+    ) -> Result<Vec<(String, bool)>, ActionError> {
+        let path = self.path(unit).await?;
+        let service: ServiceProxy<'static> = self.proxy(unit, path).await?;
+        service
+            .environment_files()
+            .await
+            .map_err(unit_error(unit, "read the environment files of"))
     }
 
     /// Sends `signal` to every process of `unit` (`systemctl kill --kill-whom=all`).

@@ -1,0 +1,295 @@
+//! systemd's own view as a second source of truth. Some failures kill no process of ours, or
+//! none at all: a missing `EnvironmentFile=` fails the start before systemd forks (Result=
+//! `resources`), and a refused start (`start-limit-hit`) runs nothing. systemd says so on the
+//! bus: the unit's `ActiveState` becomes `failed`, or it passes through `auto-restart`.
+//!
+//! This task follows every unit's PropertiesChanged (systemd sends them once a client called
+//! `Manager.Subscribe`, which [`Systemd::connect`] does) and, for a configured unit or one a
+//! death was seen in, opens an incident for a failed run that no death's incident covers. A
+//! death and the state change that follows it are one incident: the death's incident owns the
+//! run ([`Recovery::had_incident`]) before systemd's signal can arrive, since systemd only
+//! learns of a death after the kernel did.
+//!
+//! Interfaces: <https://www.freedesktop.org/software/systemd/man/latest/org.freedesktop.systemd1.html>.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+use tokio::{
+    sync::{mpsc::UnboundedSender, oneshot},
+    task::JoinSet,
+};
+use zbus::OwnedVariant as OwnedValue;
+
+use super::{
+    Failure, Kind, Recovery,
+    systemd::{Systemd, hex},
+};
+use crate::{
+    incident::{Incident, Progress},
+    journal::{self, Account},
+    kernel::clock::{self, Clock},
+};
+
+/// After a connection to the bus is lost, how long before trying again.
+const RECONNECT: Duration = Duration::from_secs(5);
+/// How long a state change waits for a death's incident that may still be on its way.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// Starts the watcher in `tasks` when the configuration lists units (the units it watches are
+/// those, and any a death was seen in).
+pub(crate) fn spawn(
+    tasks: &mut JoinSet<()>,
+    recovery: &Arc<Recovery>,
+    incidents: &UnboundedSender<Incident>,
+    journal: &std::sync::mpsc::Sender<journal::Request>,
+) {
+    if !recovery.config().units.is_empty() {
+        tasks.spawn(watch(
+            Arc::clone(recovery),
+            incidents.clone(),
+            journal.clone(),
+        ));
+    }
+}
+
+/// `_2e` → `.` and the like: the unit name in a systemd unit object path's last component.
+fn unescape(component: &str) -> String {
+    let bytes = component.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'_', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn string(value: Option<&OwnedValue>) -> Option<String> {
+    value
+        .and_then(|v| <&str>::try_from(v).ok())
+        .map(str::to_owned)
+}
+
+/// Follows the bus for as long as the daemon runs, connecting again when it goes.
+async fn watch(
+    recovery: Arc<Recovery>,
+    incidents: UnboundedSender<Incident>,
+    journal: std::sync::mpsc::Sender<journal::Request>,
+) {
+    let mut handled: HashMap<String, Option<String>> = HashMap::new();
+    let mut last_error = String::new();
+    loop {
+        if let Err(e) = follow(&recovery, &incidents, &journal, &mut handled).await
+            && e != last_error
+        {
+            tracing::warn!("unit states: {e}; trying again every {RECONNECT:?}");
+            last_error = e;
+        }
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+async fn follow(
+    recovery: &Arc<Recovery>,
+    incidents: &UnboundedSender<Incident>,
+    journal: &std::sync::mpsc::Sender<journal::Request>,
+    handled: &mut HashMap<String, Option<String>>,
+) -> Result<(), String> {
+    // The last (ActiveState, SubState) each unit was seen in: systemd sends every property of
+    // the interface with each change (a restart job appearing repeats `auto-restart`), so only a
+    // change of state is acted on.
+    let mut states: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+    let bus = Systemd::connect(recovery.root())
+        .await
+        .map_err(|e| e.to_string())?;
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.freedesktop.DBus.Properties")
+        .member("PropertiesChanged")
+        .path_namespace("/org/freedesktop/systemd1/unit")
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut stream = zbus::MessageStream::for_match_rule(rule, &bus.connection, None)
+        .await
+        .map_err(|e| format!("cannot follow systemd's unit signals: {e}"))?;
+    while let Some(message) = stream.next().await {
+        let Ok(message) = message else { continue };
+        let Some(unit) = message
+            .header()
+            .path()
+            .and_then(|p| p.as_str().rsplit('/').next().map(unescape))
+        else {
+            continue;
+        };
+        if !unit.ends_with(".service")
+            || (recovery.config().policy(&unit).is_none() && !recovery.knows(&unit))
+        {
+            continue;
+        }
+        let Ok((interface, mut changed, _)) =
+            message
+                .body()
+                .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
+        else {
+            continue;
+        };
+        if interface != "org.freedesktop.systemd1.Unit" {
+            continue;
+        }
+        let active = string(changed.get("ActiveState"));
+        let sub = string(changed.get("SubState"));
+        let state = (active.clone(), sub.clone());
+        if states.insert(unit.clone(), state.clone()).as_ref() == Some(&state) {
+            continue;
+        }
+        if active.as_deref() != Some("failed") && sub.as_deref() != Some("auto-restart") {
+            continue;
+        }
+        // The run the signal speaks of: the one in the signal itself, not whatever runs by the
+        // time we could ask.
+        let signalled = changed
+            .remove("InvocationID")
+            .and_then(|v| Vec::<u8>::try_from(v).ok())
+            .map(|bytes| hex(&bytes));
+        let invocation = match signalled {
+            Some(id) => id,
+            None => match bus.unit(&unit).await {
+                Ok(state) => state.invocation_id,
+                Err(e) => {
+                    tracing::debug!(unit, error = %e, "unit states: cannot read the failed run");
+                    continue;
+                }
+            },
+        };
+        // `failed` and then `auto-restart` of one run are one failure.
+        if handled.get(&unit) == Some(&invocation) {
+            continue;
+        }
+        handled.insert(unit.clone(), invocation.clone());
+        tokio::time::sleep(SETTLE).await;
+        if recovery.had_incident(&unit, invocation.as_deref()) {
+            continue;
+        }
+        let (answer, account) = oneshot::channel();
+        let _ = journal.send(journal::Request::Run {
+            unit: unit.clone(),
+            invocation: invocation.clone(),
+            answer,
+        });
+        let progress = Arc::new(Progress::new(
+            opened(&unit, invocation.clone()),
+            incidents.clone(),
+        ));
+        recovery.own_run(&unit, invocation.as_deref(), &progress);
+        let env_files = bus.environment_files(&unit).await.unwrap_or_default();
+        let recovery = Arc::clone(recovery);
+        tokio::spawn(async move {
+            recover(&recovery, &unit, invocation, &progress, account, &env_files).await;
+        });
+    }
+    Err("systemd's bus closed the connection".to_owned())
+}
+
+fn opened(unit: &str, invocation: Option<String>) -> Incident {
+    let now = clock::monotonic_ns();
+    Incident::without_death(
+        unit,
+        invocation,
+        (
+            "failed".to_owned(),
+            "systemd reports the unit failed; no process of it died".to_owned(),
+        ),
+        now,
+        Clock::now().rfc3339(now),
+    )
+}
+
+/// Names the environment files (`EnvironmentFile=` without `-`) that are not there under the
+/// watched root.
+fn missing_files(root: &Path, files: &[(String, bool)]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, optional)| !optional)
+        .filter(|(path, _)| {
+            let inside: PathBuf = root.join(path.trim_start_matches('/'));
+            !inside.exists()
+        })
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+/// The journal's account of the failed run, then the unit's policy.
+async fn recover(
+    recovery: &Recovery,
+    unit: &str,
+    invocation: Option<String>,
+    progress: &Arc<Progress>,
+    account: oneshot::Receiver<Account>,
+    env_files: &[(String, bool)],
+) {
+    if let Ok(mut account) = account.await {
+        if account.cause.0 == "missing_env" {
+            let missing = missing_files(recovery.root(), env_files);
+            if !missing.is_empty() {
+                account.cause.1 = format!(
+                    "{}: EnvironmentFile={} is missing",
+                    account.cause.1,
+                    missing.join(", ")
+                );
+            }
+        }
+        progress.with(|i| {
+            i.journaled(account);
+            i.role = "unit";
+        });
+    }
+    if let Some(policy) = recovery
+        .config()
+        .policy(unit)
+        .filter(|p| p.restarts())
+        .cloned()
+    {
+        let failure = Failure {
+            old: invocation.as_deref(),
+            kind: Kind::Stopped,
+        };
+        let deaths = recovery.failed(unit);
+        recovery
+            .recover(unit, &policy, failure, progress, deaths)
+            .await;
+    }
+    progress.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unit_paths_unescape() {
+        for (component, unit) in [
+            ("fastapi_2dapp_2eservice", "fastapi-app.service"),
+            ("app_401_2eservice", "app@1.service"),
+            ("plain", "plain"),
+            ("trailing_2", "trailing_2"),
+        ] {
+            assert_eq!(super::unescape(component), unit);
+        }
+    }
+}
