@@ -103,36 +103,22 @@ pub(crate) const MAX_PIDS: usize = 16;
 impl Incident {
     /// The incident for a death that failed `unit`, with its cause already classified.
     #[must_use]
-    pub(crate) fn from_death(unit: &str, record: &ExitRecord, (cause, detail): Cause) -> Self {
-        Self {
-            kind: "incident",
-            unit: unit.to_owned(),
-            invocation_id: record.invocation_id.clone(),
-            pid: Some(record.pid),
-            role: if record.role == Some("worker") {
-                "worker"
-            } else {
-                "main"
-            },
-            deaths: 1,
-            pids: vec![record.pid],
-            first_death: Some(record.time.clone()),
-            last_death: Some(record.time.clone()),
+    pub(crate) fn from_death(unit: &str, record: &ExitRecord, cause: Cause) -> Self {
+        let mut incident = Self::without_death(
+            unit,
+            record.invocation_id.clone(),
             cause,
-            detail,
-            journal: Vec::new(),
-            port_holder: None,
-            action: Action::Reported,
-            crash_to_restart_ms: None,
-            crash_to_active_ms: None,
-            crash_to_healthy_ms: None,
-            timeline: vec![Step {
-                at: record.time.clone(),
-                step: "detected",
-                detail: None,
-            }],
-            died_ns: record.ktime_ns,
-        }
+            record.ktime_ns,
+            record.time.clone(),
+        );
+        incident.pid = Some(record.pid);
+        incident.role = if record.role == Some("worker") {
+            "worker"
+        } else {
+            "main"
+        };
+        incident.add_death(record);
+        incident
     }
 
     /// An incident no death opened: `unit` (run `invocation_id`) failed `cause` at `now_ns`

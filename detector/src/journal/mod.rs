@@ -148,16 +148,7 @@ impl Reader {
 
     /// What the journal says about `record`'s death in `unit`.
     fn account(&mut self, unit: &str, record: &ExitRecord) -> Account {
-        if self.journal.is_none() {
-            match reader::open(&self.options.root) {
-                Ok(j) => self.journal = Some(j),
-                Err(e) if e != self.last_error => {
-                    tracing::warn!("{e}; incidents go out without journal lines");
-                    self.last_error = e;
-                }
-                Err(_) => {}
-            }
-        }
+        self.ensure_open();
         let policy = self.options.config.policy(unit);
         let n = policy.map_or(self.options.lines, |p| p.journal_lines);
         let startup_grace = policy.map_or(STARTUP_GRACE, |p| p.startup_grace);
