@@ -79,11 +79,16 @@ struct RawConfig {
     unit: Vec<Spanned<RawUnit>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    /// Hosts other than loopback that health checks may go to.
+    #[serde(default)]
+    health_hosts: Vec<String>,
 }
 
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
+    /// `health_hosts`: where health checks may go besides loopback.
+    health_hosts: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -100,6 +105,9 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration from more than zero to at most the bound [`max_duration`] gives `what`: a
+    /// bound on every duration keeps the daemon's deadlines (`Instant + duration`) from
+    /// overflowing, and catches a unit typed wrong (`30h` for `30s`).
     fn duration(
         &self,
         value: Option<&Spanned<String>>,
@@ -109,23 +117,46 @@ impl Ctx<'_> {
         let Some(value) = value else {
             return Ok(default);
         };
+        let max = max_duration(what);
         match parse_duration(value.get_ref()) {
             Ok(d) if d.is_zero() => {
                 Err(self.at(value.span(), format!("{what} must be more than zero")))
             }
+            Ok(d) if d > max => Err(self.at(
+                value.span(),
+                format!(
+                    "{what} = \"{}\" is too long: at most {max:?}",
+                    value.get_ref()
+                ),
+            )),
             Ok(d) => Ok(d),
             Err(e) => Err(self.at(value.span(), format!("{what}: {e}"))),
         }
     }
 }
 
+/// The longest each duration may be: a crash-loop window of a day, an hour for the rest, five
+/// minutes for one health check's timeout.
+fn max_duration(what: &str) -> Duration {
+    match what {
+        "crash_loop window" => Duration::from_hours(24),
+        "health timeout" => Duration::from_mins(5),
+        _ => Duration::from_hours(1),
+    }
+}
+
 /// Parses and checks a configuration; `file` names it in errors.
 pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-    let ctx = Ctx { file, text };
+    let mut ctx = Ctx {
+        file,
+        text,
+        health_hosts: Vec::new(),
+    };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let message = e.message().to_owned();
         ctx.at(e.span().unwrap_or(0..0), message)
     })?;
+    ctx.health_hosts.clone_from(&raw.health_hosts);
     let mut config = Config::default();
     for unit in &raw.unit {
         let policy = ctx.unit(unit)?;

@@ -52,7 +52,27 @@ fn the_documented_shape_parses() {
 
 #[test]
 fn errors_name_the_line_and_the_problem() {
-    let cases: [(&str, usize, &str); 14] = [
+    let cases: [(&str, usize, &str); 18] = [
+        (
+            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://10.1.2.3:8000/health\" }\n",
+            3,
+            "host `10.1.2.3` is not loopback; add it to `health_hosts",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://127.0.0.1/\", deadline = \"18446744073709551615s\" }\n",
+            3,
+            "health deadline = \"18446744073709551615s\" is too long",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 2, window = \"25h\" }\n",
+            3,
+            "crash_loop window = \"25h\" is too long: at most 86400s",
+        ),
+        (
+            "[[unit]]\nname = \"a.service\"\nliveness = { every = \"1s\" }\n",
+            3,
+            "liveness polls the unit's health check",
+        ),
         ("[[unit]]\nname = \"app\"\n", 2, "needs a type suffix"),
         (
             "[[unit]]\nname = \"a/b.service\"\n",
@@ -80,19 +100,19 @@ fn errors_name_the_line_and_the_problem() {
             "crash_loop backoff must be more than zero",
         ),
         (
-            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://h/\", expect = 99 }\n",
+            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://127.0.0.1/\", expect = 99 }\n",
             3,
             "not an HTTP status",
         ),
         (
-            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://h/\", timeout = \"1 s\" }\n",
+            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://127.0.0.1/\", timeout = \"1 s\" }\n",
             3,
             "is not a duration",
         ),
         (
             "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 0, window = \"5m\" }\n",
             3,
-            "at least 1",
+            "use 1 to 1000",
         ),
         (
             "[[unit]]\nname = \"a.service\"\njournal_lines = -1\n",
@@ -177,5 +197,26 @@ fn missing_file_is_named() {
         ),
         (0, true),
         "{err}"
+    );
+}
+
+#[test]
+fn health_checks_go_only_where_allowed() {
+    let allowed = "health_hosts = [\"app.internal\"]\n[[unit]]\nname = \"a.service\"\n\
+                   health = { url = \"http://app.internal:8000/health\", follow_redirects = true }\n";
+    let config = parse("c.toml", allowed).expect("an allowed host");
+    let health = config.units[0].health.as_ref().expect("health");
+    assert!(health.follow_redirects);
+    let local = parse(
+        "c.toml",
+        "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://localhost:8000/\" }\n",
+    )
+    .expect("loopback");
+    assert!(
+        !local.units[0]
+            .health
+            .as_ref()
+            .expect("health")
+            .follow_redirects
     );
 }

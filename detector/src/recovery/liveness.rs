@@ -74,7 +74,7 @@ async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: Unbounded
             failed = 0;
             continue;
         };
-        let Err(last) = health::check(recovery.http(), &check, check.timeout).await else {
+        let Err(last) = health::check(recovery.http(&check), &check, check.timeout).await else {
             failed = 0;
             continue;
         };

@@ -102,8 +102,10 @@ pub(crate) struct Recovery {
     config: Arc<Config>,
     bus: tokio::sync::Mutex<Option<Arc<Systemd>>>,
     units: Mutex<HashMap<String, Track>>,
-    /// Made at the first health check: a daemon without any costs no memory for it.
+    /// Made at the first health check: a daemon without any costs no memory for it. Two: one
+    /// that follows redirects, for the checks whose configuration asks.
     http: std::sync::OnceLock<reqwest::Client>,
+    http_following: std::sync::OnceLock<reqwest::Client>,
 }
 
 /// How a unit failed, for what recovering it takes.
@@ -138,6 +140,7 @@ impl Recovery {
             bus: tokio::sync::Mutex::new(bus.map(Arc::new)),
             units: Mutex::new(HashMap::new()),
             http: std::sync::OnceLock::new(),
+            http_following: std::sync::OnceLock::new(),
         }
     }
 
@@ -294,9 +297,14 @@ impl Recovery {
         }
     }
 
-    /// The health-check client, made at the first check.
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        self.http.get_or_init(health::client)
+    /// The health-check client for `check`, made at its first use.
+    pub(crate) fn http(&self, check: &crate::config::Health) -> &reqwest::Client {
+        let (cell, follow) = if check.follow_redirects {
+            (&self.http_following, true)
+        } else {
+            (&self.http, false)
+        };
+        cell.get_or_init(|| health::client(follow))
     }
 
     pub(crate) fn recent(&self, unit: &str, window: Duration) -> usize {

@@ -175,7 +175,7 @@ impl Recovery {
             return;
         };
         let until = Instant::now() + health.deadline;
-        match health::wait_healthy(self.http.get_or_init(health::client), health, until).await {
+        match health::wait_healthy(self.http(health), health, until).await {
             Verdict::Healthy { attempts } => {
                 let ms = progress.timed_step(
                     "health_ok",

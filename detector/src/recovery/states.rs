@@ -12,12 +12,7 @@
 //!
 //! Interfaces: <https://www.freedesktop.org/software/systemd/man/latest/org.freedesktop.systemd1.html>.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
 use tokio::{
@@ -228,10 +223,7 @@ fn missing_files(root: &Path, files: &[(String, bool)]) -> Vec<String> {
     files
         .iter()
         .filter(|(_, optional)| !optional)
-        .filter(|(path, _)| {
-            let inside: PathBuf = root.join(path.trim_start_matches('/'));
-            !inside.exists()
-        })
+        .filter(|(path, _)| !crate::unit::root::exists(root, path))
         .map(|(path, _)| path.clone())
         .collect()
 }

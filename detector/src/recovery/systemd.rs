@@ -9,6 +9,8 @@ use std::{path::Path, time::Duration};
 
 use zbus::{OwnedObjectPath, proxy::CacheProperties};
 
+use crate::unit::root;
+
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
     default_service = "org.freedesktop.systemd1",
@@ -134,8 +136,15 @@ impl Systemd {
             .join("run/dbus/system_bus_socket")
             .display()
             .to_string();
+        // Resolved inside the machine: a symlink it planted must not lead to the host's bus.
+        let (_held, inside) = root::pinned(root, "/run/dbus/system_bus_socket").map_err(|e| {
+            ActionError::Connect {
+                socket: socket.clone(),
+                source: zbus::Error::InputOutput(std::sync::Arc::new(e)),
+            }
+        })?;
         // A systemd that stops answering must not hold a recovery forever.
-        let build = zbus::connection::Builder::address(format!("unix:path={socket}").as_str())
+        let build = zbus::connection::Builder::address(format!("unix:path={inside}").as_str())
             .method_timeout(CALL_TIMEOUT)
             .build();
         let connect = async {
