@@ -95,6 +95,15 @@ pub(crate) struct Incident {
     /// Kernel time of the death, for the durations.
     #[serde(skip)]
     pub died_ns: u64,
+    /// The cause a worker incident this one took over had found (its worker's own lines), kept
+    /// in case the main process's account says no more than how it exited.
+    #[serde(skip)]
+    pub workers_cause: Option<Cause>,
+}
+
+/// Causes that say how a process ended, not why: a more specific one found elsewhere wins.
+fn generic(cause: &str) -> bool {
+    matches!(cause, "signal" | "exit_code" | "startup_failure")
 }
 
 /// How many pids an incident lists; `deaths` counts them all.
@@ -155,6 +164,7 @@ impl Incident {
                 detail: None,
             }],
             died_ns: now_ns,
+            workers_cause: None,
         }
     }
 
@@ -181,6 +191,9 @@ impl Incident {
         if earlier.first_death.is_some() {
             self.first_death.clone_from(&earlier.first_death);
         }
+        if !generic(&earlier.cause) {
+            self.workers_cause = Some((earlier.cause.clone(), earlier.detail.clone()));
+        }
     }
 
     /// Takes what the journal said (run, cause, lines, port holder); keeps the recovery's own
@@ -196,9 +209,78 @@ impl Incident {
         if invocation_id.is_some() {
             self.invocation_id = invocation_id;
         }
-        self.cause = cause;
-        self.detail = detail;
+        match self.workers_cause.take() {
+            // The main process only gave up after its workers failed: their cause is the one
+            // to fix (gunicorn's arbiter exits after "Worker failed to boot").
+            Some((why, what)) if generic(&cause) => {
+                self.cause = why;
+                self.detail = format!("{what}; its workers failed, then the main process {detail}");
+            }
+            _ => {
+                self.cause = cause;
+                self.detail = detail;
+            }
+        }
         self.journal = lines;
         self.port_holder = port_holder;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Incident, MAX_PIDS};
+    use crate::journal::Account;
+
+    fn opened(cause: &str, detail: &str) -> Incident {
+        Incident::without_death(
+            "app.service",
+            Some("run".into()),
+            (cause.into(), detail.into()),
+            0,
+            "t".into(),
+        )
+    }
+
+    fn account(cause: &str, detail: &str) -> Account {
+        Account {
+            main_process: true,
+            invocation_id: None,
+            lines: vec!["line".into()],
+            cause: (cause.into(), detail.into()),
+            port_holder: None,
+        }
+    }
+
+    /// A main process that exits after its workers failed: the workers' cause is the one to fix.
+    #[test]
+    fn a_taken_over_worker_incident_gives_its_cause_to_a_generic_main_one() {
+        let worker = opened("missing_dependency", "Python module 'x' is not installed");
+        let mut main = opened("exit_code", "exited with status 3");
+        main.absorb(&worker);
+        main.journaled(account("exit_code", "exited with status 3"));
+        assert_eq!(
+            (main.cause.as_str(), main.detail.as_str()),
+            (
+                "missing_dependency",
+                "Python module 'x' is not installed; its workers failed, then the main process \
+                 exited with status 3"
+            )
+        );
+        // The main's own specific cause stands.
+        let mut main = opened("exit_code", "exited with status 3");
+        main.absorb(&worker);
+        main.journaled(account("port_in_use", "the address is in use"));
+        assert_eq!(main.cause, "port_in_use");
+    }
+
+    #[test]
+    fn deaths_are_counted_and_pids_bounded() {
+        let mut incident = opened("signal", "killed");
+        let mut record = crate::journal::causes::tests::record();
+        for pid in 0..40 {
+            record.pid = pid;
+            incident.add_death(&record);
+        }
+        assert_eq!((incident.deaths, incident.pids.len()), (40, MAX_PIDS));
     }
 }

@@ -196,11 +196,11 @@ pub(crate) fn from_death(record: &ExitRecord) -> Cause {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::death::record::{KilledBy, OomRecord};
 
-    fn record() -> ExitRecord {
+    pub(crate) fn record() -> ExitRecord {
         ExitRecord {
             kind: "exit",
             time: "t".into(),
