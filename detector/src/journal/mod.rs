@@ -222,9 +222,19 @@ impl Reader {
 
     /// Names the process and unit holding the port a `port_in_use` failure wanted: the port from
     /// the run's lines, else from the unit's health check URL.
+    ///
+    /// The lines are the service's own words, and a hostile service could name any port to have
+    /// another unit blamed: a port only its log names is said to be "claimed by its log"; one the
+    /// unit's configured health check also uses is confirmed.
     fn name_port_holder(&self, account: &mut Account, health_port: Option<u16>) {
-        let Some(port) = ports::port_in_lines(&account.lines).or(health_port) else {
+        let logged = ports::port_in_lines(&account.lines);
+        let Some(port) = logged.or(health_port) else {
             return;
+        };
+        let claimed = if logged.is_some() && logged != health_port {
+            " (claimed by its log)"
+        } else {
+            ""
         };
         let Some(mut holder) = ports::holders(self.options.netns_pid, port)
             .into_iter()
@@ -243,7 +253,7 @@ impl Reader {
             .map_or_else(String::new, |u| format!(" of {u}"));
         let detail = &mut account.cause.1;
         *detail = format!(
-            "{detail}: port {port} is held by {} (pid {}){unit}",
+            "{detail}: port {port}{claimed} is held by {} (pid {}){unit}",
             holder.comm, holder.pid
         );
         account.port_holder = Some(holder);
