@@ -185,8 +185,8 @@ fn check_gone_bus(machine: &Machine) {
 }
 
 /// A machine that plants symlinks where its bus socket should be: an absolute one, and one that
-/// climbs out with `..`. Resolved naively from the host (`/proc/LEADER/root/...`), both would
-/// lead to the HOST's `/run/dbus/...`; detector resolves them inside the machine, so it reaches
+/// climbs with `..`. Resolved naively from the host (`/proc/LEADER/root/...`), the absolute one
+/// leads to the HOST's `/run/dbus/...`; detector resolves both inside the machine, so it reaches
 /// the machine's own bus (this host runs no D-Bus of its own: there is nothing else to reach).
 #[test]
 fn planted_symlinks_cannot_lead_the_daemon_out_of_the_machine() {
@@ -217,10 +217,14 @@ fn planted_symlinks_cannot_lead_the_daemon_out_of_the_machine() {
             })
             .unwrap_or_else(|e| panic!("{target}: the machine's bus, resolved inside it: {e}"));
         assert_eq!(state.load_state, "loaded", "{target}: {state:?}");
-        let naive = std::path::Path::new(&root).join("run/dbus/system_bus_socket");
-        assert!(
-            std::os::unix::net::UnixStream::connect(&naive).is_err(),
-            "{target}: a plain join should not have reached a bus from the host"
-        );
+        // The absolute symlink is the one a plain join resolves on the host (where there is no
+        // bus): it shows what resolving inside the machine saves.
+        if target.starts_with('/') {
+            let naive = std::path::Path::new(&root).join("run/dbus/system_bus_socket");
+            assert!(
+                std::os::unix::net::UnixStream::connect(&naive).is_err(),
+                "{target}: a plain join should not have reached a bus from the host"
+            );
+        }
     }
 }
