@@ -140,7 +140,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let (incidents_tx, mut incidents) = tokio::sync::mpsc::unbounded_channel();
     let config = Arc::new(options.config.clone());
-    let journal = journal::spawn(journal::Options {
+    let journal = journal::spawn(&journal::Options {
         root: options.root.clone(),
         lines: options.journal_lines,
         wait: JOURNAL_WAIT,

@@ -21,6 +21,7 @@ pub(crate) use self::progress::Progress;
 use crate::{
     death::record::ExitRecord,
     journal::{Account, causes::Cause},
+    kernel::clock::{self, Clock},
     unit::ports::Holder,
 };
 
@@ -205,7 +206,17 @@ impl Incident {
             lines,
             cause: (cause, detail),
             port_holder,
+            unread,
         } = account;
+        if let Some(why) = unread {
+            // Said in the timeline: an incident without journal lines says why it has none.
+            let now = clock::monotonic_ns();
+            self.timeline.push(Step {
+                at: Clock::now().rfc3339(now),
+                step: "journal_unread",
+                detail: Some(why),
+            });
+        }
         if invocation_id.is_some() {
             self.invocation_id = invocation_id;
         }
@@ -248,6 +259,7 @@ mod tests {
             lines: vec!["line".into()],
             cause: (cause.into(), detail.into()),
             port_holder: None,
+            unread: None,
         }
     }
 

@@ -29,7 +29,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub(crate) struct Dispatcher {
     /// Deaths in services, to the journal thread, which tells unit failures from other deaths
     /// and gathers the failed run's lines.
-    journal: std::sync::mpsc::Sender<journal::Request>,
+    journal: journal::Readers,
     recovery: Arc<Recovery>,
     /// One task per death in a service, until its incident is written.
     tasks: JoinSet<()>,
@@ -44,7 +44,7 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     #[must_use]
     pub(crate) fn new(
-        journal: std::sync::mpsc::Sender<journal::Request>,
+        journal: journal::Readers,
         recovery: Recovery,
         incidents: UnboundedSender<Incident>,
         manager_pid: Option<i32>,
@@ -126,7 +126,7 @@ impl Dispatcher {
         }
         let (answer, journaled) = oneshot::channel();
         // Sending fails only without a journal thread; the incident then goes out without lines.
-        let _ = self.journal.send(journal::Request::Death {
+        self.journal.ask(journal::Request::Death {
             unit: unit.clone(),
             record: Box::new(record.clone()),
             answer,
@@ -161,7 +161,7 @@ impl Dispatcher {
             task: None,
         };
         let (answer, journaled) = oneshot::channel();
-        let _ = self.journal.send(journal::Request::Death {
+        self.journal.ask(journal::Request::Death {
             unit: unit.to_owned(),
             record: Box::new(record.clone()),
             answer,

@@ -42,7 +42,7 @@ pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     recovery: &Arc<Recovery>,
     incidents: &UnboundedSender<Incident>,
-    journal: &std::sync::mpsc::Sender<journal::Request>,
+    journal: &journal::Readers,
 ) {
     if !recovery.config().units.is_empty() {
         tasks.spawn(watch(
@@ -87,7 +87,7 @@ fn string(value: Option<&OwnedValue>) -> Option<String> {
 async fn watch(
     recovery: Arc<Recovery>,
     incidents: UnboundedSender<Incident>,
-    journal: std::sync::mpsc::Sender<journal::Request>,
+    journal: journal::Readers,
 ) {
     let mut handled: HashMap<String, Option<String>> = HashMap::new();
     let mut last_error = String::new();
@@ -105,7 +105,7 @@ async fn watch(
 async fn follow(
     recovery: &Arc<Recovery>,
     incidents: &UnboundedSender<Incident>,
-    journal: &std::sync::mpsc::Sender<journal::Request>,
+    journal: &journal::Readers,
     handled: &mut HashMap<String, Option<String>>,
 ) -> Result<(), String> {
     // The last (ActiveState, SubState) each unit was seen in: systemd sends every property of
@@ -184,7 +184,7 @@ async fn follow(
             continue;
         }
         let (answer, account) = oneshot::channel();
-        let _ = journal.send(journal::Request::Run {
+        journal.ask(journal::Request::Run {
             unit: unit.clone(),
             invocation: invocation.clone(),
             answer,
