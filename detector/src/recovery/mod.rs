@@ -84,7 +84,18 @@ struct Run(Option<String>);
 /// first.
 const MAX_OWNED: usize = 8;
 
+/// Most units tracked; past it, idle tracks are dropped.
+const MAX_UNITS: usize = 4096;
+/// A track without a restart this long is idle.
+const IDLE: Duration = Duration::from_hours(1);
+
 impl Track {
+    /// An incident of this unit is open.
+    fn busy(&mut self) -> bool {
+        self.owned.retain(|(_, p)| p.is_open());
+        !self.owned.is_empty() || self.group.as_ref().is_some_and(workers::Group::is_open)
+    }
+
     fn remember(&mut self, invocation: Option<&str>) {
         let run = Run(invocation.map(str::to_owned));
         if !self.had_incident.contains(&run) {
@@ -173,6 +184,12 @@ impl Recovery {
 
     fn with_track<T>(&self, unit: &str, f: impl FnOnce(&mut Track) -> T) -> T {
         let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
+        if units.len() >= MAX_UNITS && !units.contains_key(unit) {
+            // A track with nothing open and no recent restart can go: forgetting it loses only
+            // which of its runs had incidents long ago.
+            let now = Instant::now();
+            units.retain(|_, t| t.busy() || t.history.recent(now, IDLE) > 0);
+        }
         f(units.entry(unit.to_owned()).or_default())
     }
 
@@ -236,10 +253,7 @@ impl Recovery {
 
     /// Whether an incident of `unit` is open (a recovery, or a burst of worker deaths).
     pub(crate) fn busy(&self, unit: &str) -> bool {
-        self.with_track(unit, |track| {
-            track.owned.retain(|(_, p)| p.is_open());
-            !track.owned.is_empty() || track.group.as_ref().is_some_and(workers::Group::is_open)
-        })
+        self.with_track(unit, Track::busy)
     }
 
     /// Worker deaths in `unit`'s run `invocation` are no longer incidents.

@@ -113,6 +113,8 @@ pub struct Systemd {
     paths: std::sync::Mutex<std::collections::HashMap<String, OwnedObjectPath>>,
 }
 
+/// Most unit object paths kept (one per unit acted on or watched).
+const MAX_PATHS: usize = 4096;
 /// How long connecting may take: a bus that hangs is as good as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long any one call to systemd may take.
@@ -244,10 +246,15 @@ impl Systemd {
             .load_unit(unit)
             .await
             .map_err(unit_error(unit, "load"))?;
-        self.paths
+        let mut paths = self
+            .paths
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(unit.to_owned(), path.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Paths are cheap to ask again: past the bound the cache starts over.
+        if paths.len() >= MAX_PATHS {
+            paths.clear();
+        }
+        paths.insert(unit.to_owned(), path.clone());
         Ok(path)
     }
 
