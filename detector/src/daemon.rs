@@ -15,6 +15,7 @@ use tokio::{
 use crate::{
     config::Config,
     death::correlate::correlate,
+    incident::Phase,
     journal,
     kernel::{
         clock::{self, Clock},
@@ -193,9 +194,11 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 counters.report();
                 pipeline.cgroups.sweep(std::time::Instant::now());
             }
-            Some(incident) = incidents.recv() => {
-                pipeline.stdout.push(&incident);
-                pipeline.stdout.flush();
+            Some(notice) = incidents.recv() => {
+                if notice.phase == Phase::Resolved {
+                    pipeline.stdout.push(&*notice.incident);
+                    pipeline.stdout.flush();
+                }
             }
             () = pipeline.dispatcher.join_next() => {}
             _ = sigterm.recv() => break,
@@ -203,8 +206,10 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     pipeline.drain(ring.get_mut());
-    for incident in pipeline.dispatcher.finish(&mut incidents).await {
-        pipeline.stdout.push(&incident);
+    for notice in pipeline.dispatcher.finish(&mut incidents).await {
+        if notice.phase == Phase::Resolved {
+            pipeline.stdout.push(&*notice.incident);
+        }
     }
     pipeline.stdout.flush();
     let totals = counters.finish();

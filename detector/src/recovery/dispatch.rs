@@ -17,7 +17,7 @@ use super::{Recovery, systemd::Systemd, workers};
 use crate::{
     config::{Config, UnitPolicy},
     death::record::ExitRecord,
-    incident::{Incident, Progress},
+    incident::{Incident, Notice, Progress},
     journal::{self, causes},
 };
 
@@ -35,7 +35,7 @@ pub(crate) struct Dispatcher {
     tasks: JoinSet<()>,
     /// One liveness task per unit that asks for it, for the daemon's lifetime.
     liveness: JoinSet<()>,
-    incidents: UnboundedSender<Incident>,
+    incidents: UnboundedSender<Notice>,
 }
 
 impl Dispatcher {
@@ -43,7 +43,7 @@ impl Dispatcher {
     pub(crate) fn new(
         journal: std::sync::mpsc::Sender<journal::Request>,
         recovery: Recovery,
-        incidents: UnboundedSender<Incident>,
+        incidents: UnboundedSender<Notice>,
     ) -> Self {
         let recovery = Arc::new(recovery);
         let liveness = super::liveness::spawn(&recovery, &incidents);
@@ -166,11 +166,11 @@ impl Dispatcher {
     }
 
     /// At shutdown: every incident begun still gets out, finished within [`SHUTDOWN_GRACE`] or
-    /// as far as it got. Returns the incidents that were still in the channel.
+    /// as far as it got. Returns the notices that were still in the channel.
     pub(crate) async fn finish(
         &mut self,
-        incidents: &mut UnboundedReceiver<Incident>,
-    ) -> Vec<Incident> {
+        incidents: &mut UnboundedReceiver<Notice>,
+    ) -> Vec<Notice> {
         // A liveness incident under way goes out `interrupted` as its task is dropped.
         self.liveness.abort_all();
         while self.liveness.join_next().await.is_some() {}
@@ -190,8 +190,8 @@ impl Dispatcher {
         }
         self.recovery.interrupt_all();
         let mut left = Vec::new();
-        while let Ok(incident) = incidents.try_recv() {
-            left.push(incident);
+        while let Ok(notice) = incidents.try_recv() {
+            left.push(notice);
         }
         left
     }
