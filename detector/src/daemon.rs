@@ -25,7 +25,7 @@ use crate::{
         probes::{self, Probes},
     },
     recovery::{self, Dispatcher, Recovery},
-    sinks::{Output, Sinks},
+    sinks::{Output, Sinks, words},
     unit::{cgroups::CgroupResolver, manager, roles::Roles},
 };
 
@@ -185,7 +185,12 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             manager_pid,
             spawns_tracked: hooks.spawns.is_some(),
         },
-        sinks: Sinks::start(options.output, &options.root),
+        sinks: Sinks::start(
+            options.output,
+            &options.root,
+            &options.config.alerts,
+            &words::host(&options.root),
+        ),
         received: 0,
         undecodable: 0,
     };

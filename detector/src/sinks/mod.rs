@@ -1,23 +1,25 @@
-//! Stage 7, sinks: where finished records and incidents go. JSON lines on [`stdout`] and
-//! structured entries in the watched systemd's [`journal`]; [`words`] holds the sentences they
-//! share. [`Sinks`] is what the main
+//! Stage 7, sinks: where finished records and incidents go. JSON lines on [`stdout`],
+//! structured entries in the watched systemd's [`journal`], and the [`alerts`] (webhook, Slack,
+//! Alertmanager, PagerDuty); [`words`] holds the sentences they share. [`Sinks`] is what the main
 //! loop hands records and notices to.
 //!
 //! - In: anything that is done: [`crate::death::record::ExitRecord`]s, and each incident's two
 //!   [`crate::incident::Notice`]s (opened, resolved).
 //! - Out: bytes to the outside world.
 //! - Must not know: how a record was made or how a recovery runs; a sink never changes what it
-//!   is given and never blocks the stages before it: the journal has its thread, behind a
-//!   bounded queue.
+//!   is given and never blocks the stages before it: the journal has its thread and the alerts
+//!   their tasks, each behind a bounded queue.
 
+pub(crate) mod alerts;
 pub(crate) mod journal;
 pub(crate) mod stdout;
 pub(crate) mod words;
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
-use self::{journal::Journal, stdout::Stdout};
+use self::{alerts::Alerts, journal::Journal, stdout::Stdout};
 use crate::{
+    config::alerts::AlertSink,
     death::record::ExitRecord,
     incident::{Notice, Phase},
 };
@@ -64,16 +66,21 @@ impl Output {
     }
 }
 
+/// At shutdown, how long the alert sinks may take to send what they hold.
+const ALERTS_GRACE: Duration = Duration::from_secs(5);
+
 /// Every sink, fed by the main loop.
 pub(crate) struct Sinks {
     stdout: Stdout,
     json: bool,
     journal: Option<Journal>,
+    alerts: Alerts,
 }
 
 impl Sinks {
-    /// Starts the journal writer; `root` is the watched systemd's.
-    pub(crate) fn start(output: Output, root: &Path) -> Self {
+    /// Starts the journal writer (for `output`, an already resolved [`Output`]) and the alert
+    /// sinks' tasks; `root` is the watched systemd's, `host` its name in alerts.
+    pub(crate) fn start(output: Output, root: &Path, alerts: &[AlertSink], host: &str) -> Self {
         let output = output.resolve();
         Self {
             stdout: Stdout::default(),
@@ -81,6 +88,7 @@ impl Sinks {
             journal: output
                 .journal()
                 .then(|| Journal::spawn(root, !output.json())),
+            alerts: Alerts::spawn(alerts, host),
         }
     }
 
@@ -93,12 +101,14 @@ impl Sinks {
         }
     }
 
-    /// An incident's notice: to the journal; the resolved incident is also a JSON line.
+    /// An incident's notice: to the journal and every alert sink; the resolved incident is also
+    /// a JSON line.
     pub(crate) fn notice(&mut self, notice: &Notice) {
         let queued = self.journal.as_ref().is_some_and(|j| j.notice(notice));
         if notice.phase == Phase::Resolved && (self.json || !queued) {
             self.stdout.push(&*notice.incident);
         }
+        self.alerts.notice(notice);
     }
 
     /// Writes the JSON lines pushed so far.
@@ -106,11 +116,12 @@ impl Sinks {
         self.stdout.flush();
     }
 
-    /// At shutdown: everything pushed goes out.
+    /// At shutdown: everything pushed goes out; the alert sinks get [`ALERTS_GRACE`].
     pub(crate) async fn finish(mut self) {
         self.stdout.flush();
         if let Some(journal) = self.journal.take() {
             journal.finish();
         }
+        self.alerts.finish(ALERTS_GRACE).await;
     }
 }
