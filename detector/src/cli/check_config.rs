@@ -18,14 +18,16 @@ pub(super) fn run(Args { file }: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|a| format!("{} → {}", a.name, a.shown))
         .collect();
+    let sinks = if sinks.is_empty() {
+        String::new()
+    } else {
+        format!(", {} alert sinks: {}", sinks.len(), sinks.join(", "))
+    };
     println!(
-        "{}: ok ({} units, {} rules, {} alert sinks{}{})",
+        "{}: ok ({} units, {} rules{sinks})",
         file.display(),
         config.units.len(),
         config.rules.len(),
-        config.alerts.len(),
-        if sinks.is_empty() { "" } else { ": " },
-        sinks.join(", ")
     );
     Ok(())
 }
