@@ -187,7 +187,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         },
         sinks: Sinks::start(
             options.output,
-            &options.root,
+            (&options.root, manager_pid),
             &options.config.alerts,
             &words::host(&options.root),
         ),

@@ -6,6 +6,7 @@
 
 mod alert_test;
 mod check_config;
+mod journal_relay;
 mod run;
 
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ enum Command {
     /// Send a sample incident (opened, then resolved) to every alert sink of a configuration,
     /// and print what each receiver answered.
     AlertTest(alert_test::Args),
+    /// Internal: started by `run` in a watched machine's pid namespace to write its journal.
+    #[command(hide = true)]
+    JournalRelay(journal_relay::Args),
 }
 
 /// Parses the command line, sets up logging on stderr, and runs the subcommand.
@@ -47,6 +51,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(&args),
         Command::AlertTest(args) => alert_test::run(&args),
+        Command::JournalRelay(args) => journal_relay::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@
 //! already. A journal that is gone is said once, and once again when it is back.
 
 mod native;
+mod relay;
 
 use std::{
     path::Path,
@@ -17,7 +18,8 @@ use std::{
     thread::JoinHandle,
 };
 
-use self::native::field;
+pub(crate) use self::relay::serve as relay;
+use self::{native::field, relay::Relay};
 use super::words;
 use crate::{
     death::record::ExitRecord,
@@ -47,14 +49,16 @@ pub(crate) struct Journal {
 }
 
 impl Journal {
-    /// Starts the thread writing to `ROOT/run/systemd/journal/socket`. `to_stdout`: an entry
-    /// the journal does not take is written to stdout as JSON (stdout does not have it already).
-    pub(crate) fn spawn(root: &Path, to_stdout: bool) -> Self {
+    /// Starts the thread writing to `ROOT/run/systemd/journal/socket`, through a relay in the
+    /// pid namespace of the watched manager (`manager_pid`) when it is not ours. `to_stdout`:
+    /// an entry the journal does not take is written to stdout as JSON (stdout does not have it
+    /// already).
+    pub(crate) fn spawn(root: &Path, manager_pid: Option<i32>, to_stdout: bool) -> Self {
         let path = root.join("run/systemd/journal/socket");
         let (queue, entries) = std::sync::mpsc::sync_channel::<Entry>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("journal-writer".to_owned())
-            .spawn(move || write_entries(&path, &entries, to_stdout));
+            .spawn(move || write_entries(&path, manager_pid, &entries, to_stdout));
         match thread {
             Ok(thread) => Self {
                 queue: Some(queue),
@@ -106,15 +110,55 @@ impl Journal {
     }
 }
 
-/// The thread: every entry to the journal, or to stdout when the journal does not take it.
-fn write_entries(path: &Path, entries: &std::sync::mpsc::Receiver<Entry>, to_stdout: bool) {
-    let socket = match native::Socket::new(path) {
-        Ok(socket) => Some(socket),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot make a socket for the journal: no journal entries");
-            None
+/// Where the thread sends entries: straight to the socket, or through the relay.
+struct Sender {
+    socket: Option<native::Socket>,
+    relay: Option<Relay>,
+}
+
+impl Sender {
+    fn new(path: &Path, manager_pid: Option<i32>) -> Self {
+        let relay = manager_pid.and_then(|pid| {
+            Relay::start(pid, path).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot start the journal relay in the watched systemd's pid namespace; entries go without _UID, so `journalctl -u` will not show them");
+                None
+            })
+        });
+        let socket = native::Socket::new(path)
+            .map_err(|e| tracing::error!(error = %e, "cannot make a socket for the journal"))
+            .ok();
+        Self { socket, relay }
+    }
+
+    fn send(&mut self, entry: &[u8]) -> std::io::Result<()> {
+        if let Some(relay) = &mut self.relay {
+            match relay.send(entry) {
+                // The pipe broke or closed: the relay is gone. (An errno is the journal's answer,
+                // passed on by a relay that is fine.)
+                Err(e)
+                    if e.raw_os_error().is_none() || e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    tracing::warn!(error = %e, "the journal relay stopped; sending entries directly (without _UID)");
+                    self.relay = None;
+                }
+                done => return done,
+            }
         }
-    };
+        match &self.socket {
+            Some(socket) => socket.send(entry),
+            None => Err(std::io::Error::other("no socket")),
+        }
+    }
+}
+
+/// The thread: every entry to the journal, or to stdout when the journal does not take it.
+fn write_entries(
+    path: &Path,
+    manager_pid: Option<i32>,
+    entries: &std::sync::mpsc::Receiver<Entry>,
+    to_stdout: bool,
+) {
+    let mut sender = Sender::new(path, manager_pid);
     let mut gone = false;
     let mut buf = Vec::with_capacity(4096);
     for entry in entries {
@@ -123,16 +167,15 @@ fn write_entries(path: &Path, entries: &std::sync::mpsc::Receiver<Entry>, to_std
             Entry::Exit(record) => exit_entry(&mut buf, record),
             Entry::Notice(notice) => notice_entry(&mut buf, notice),
         }
-        let sent = socket.as_ref().map(|s| s.send(&buf));
-        match sent {
-            Some(Ok(())) => {
+        match sender.send(&buf) {
+            Ok(()) => {
                 if gone {
                     tracing::info!(journal = %path.display(), "the journal takes entries again");
                     gone = false;
                 }
                 continue;
             }
-            Some(Err(e)) if !gone => {
+            Err(e) if !gone => {
                 let then = if to_stdout {
                     "its entries go to stdout as JSON until it is back"
                 } else {
@@ -141,7 +184,7 @@ fn write_entries(path: &Path, entries: &std::sync::mpsc::Receiver<Entry>, to_std
                 tracing::error!(journal = %path.display(), error = %e, "cannot write to the journal; {then}");
                 gone = true;
             }
-            _ => {}
+            Err(_) => {}
         }
         if to_stdout {
             fall_back(&entry);

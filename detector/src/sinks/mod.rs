@@ -78,16 +78,21 @@ pub(crate) struct Sinks {
 }
 
 impl Sinks {
-    /// Starts the journal writer (for `output`, an already resolved [`Output`]) and the alert
-    /// sinks' tasks; `root` is the watched systemd's, `host` its name in alerts.
-    pub(crate) fn start(output: Output, root: &Path, alerts: &[AlertSink], host: &str) -> Self {
+    /// Starts the journal writer and the alert sinks' tasks; `root` and `manager_pid` are the
+    /// watched systemd's, `host` its name in alerts.
+    pub(crate) fn start(
+        output: Output,
+        (root, manager_pid): (&Path, Option<i32>),
+        alerts: &[AlertSink],
+        host: &str,
+    ) -> Self {
         let output = output.resolve();
         Self {
             stdout: Stdout::default(),
             json: output.json(),
             journal: output
                 .journal()
-                .then(|| Journal::spawn(root, !output.json())),
+                .then(|| Journal::spawn(root, manager_pid, !output.json())),
             alerts: Alerts::spawn(alerts, host),
         }
     }
