@@ -92,6 +92,8 @@ impl Drop for Relay {
 /// `detector journal-relay SOCKET`: entries from stdin to the journal at SOCKET, a status for
 /// each on stdout, until stdin closes.
 pub(crate) fn serve(socket: &Path) -> std::io::Result<()> {
+    // Started as /proc/self/exe, it would be `exe` in the journal's _COMM: say who it is.
+    let _ = nix::sys::prctl::set_name(c"detector");
     let journal = Socket::new(socket)?;
     let mut input = std::io::stdin().lock();
     let mut output = std::io::stdout().lock();
