@@ -1,6 +1,6 @@
 //! `detector run` wired together: probes → ring buffer → decode → correlate → enrich → sinks for
-//! every death; deaths in services go on to the recovery's dispatcher, whose incidents come back
-//! here for the sinks. Each stage's logic lives in its folder; this file only connects them and
+//! every death; deaths in services go on to the recovery's dispatcher, whose incidents' notices
+//! (opened, resolved) come back here for the sinks. Each stage's logic lives in its folder; this file only connects them and
 //! runs the loop.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -10,11 +10,13 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    sync::mpsc::UnboundedReceiver,
 };
 
 use crate::{
     config::Config,
     death::correlate::correlate,
+    incident::Notice,
     journal,
     kernel::{
         clock::{self, Clock},
@@ -23,7 +25,7 @@ use crate::{
         probes::{self, Probes},
     },
     recovery::{self, Dispatcher, Recovery},
-    sinks::stdout::Stdout,
+    sinks::{Output, Sinks, words},
     unit::{cgroups::CgroupResolver, manager, roles::Roles},
 };
 
@@ -47,8 +49,10 @@ pub(crate) struct Options {
     pub root: PathBuf,
     /// How many journal lines an incident carries (unless a unit's policy says).
     pub journal_lines: usize,
-    /// Unit policies and cause rules.
+    /// Unit policies, cause rules and alert sinks.
     pub config: Config,
+    /// Where records and incidents are written.
+    pub output: Output,
 }
 
 /// Everything after the ring buffer.
@@ -56,7 +60,7 @@ struct Pipeline {
     dispatcher: Dispatcher,
     cgroups: CgroupResolver,
     roles: Roles,
-    stdout: Stdout,
+    sinks: Sinks,
     received: u64,
     undecodable: u64,
 }
@@ -93,11 +97,11 @@ impl Pipeline {
                     record.time = clock.rfc3339(record.ktime_ns);
                     record.latency_us =
                         clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
-                    self.stdout.push(&record);
+                    self.sinks.record(&record);
                     urgent |= self.dispatcher.death(&record);
                     pending += 1;
                     if pending == FLUSH_EVERY {
-                        self.stdout.flush();
+                        self.sinks.flush();
                         pending = 0;
                     }
                 }
@@ -109,8 +113,27 @@ impl Pipeline {
                 }
             }
         }
-        self.stdout.flush();
+        self.sinks.flush();
         (read, urgent)
+    }
+
+    /// After the last drain: the incidents still open go out, the sinks send what they hold,
+    /// and the totals are logged.
+    async fn stop(mut self, mut counters: Counters, incidents: &mut UnboundedReceiver<Notice>) {
+        for notice in self.dispatcher.finish(incidents).await {
+            self.sinks.notice(&notice);
+        }
+        self.sinks.finish().await;
+        let totals = counters.finish();
+        tracing::info!(
+            emitted = totals.emitted,
+            received = self.received,
+            lost = totals.lost,
+            read_failures = totals.read_failures,
+            map_failures = totals.map_failures,
+            undecodable = self.undecodable,
+            "detector stopped"
+        );
     }
 }
 
@@ -163,7 +186,12 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             manager_pid,
             spawns_tracked: hooks.spawns.is_some(),
         },
-        stdout: Stdout::default(),
+        sinks: Sinks::start(
+            options.output,
+            (&options.root, manager_pid),
+            &options.config.alerts,
+            &words::host(&options.root),
+        ),
         received: 0,
         undecodable: 0,
     };
@@ -194,9 +222,9 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 counters.report();
                 pipeline.cgroups.sweep(std::time::Instant::now());
             }
-            Some(incident) = incidents.recv() => {
-                pipeline.stdout.push(&incident);
-                pipeline.stdout.flush();
+            Some(notice) = incidents.recv() => {
+                pipeline.sinks.notice(&notice);
+                pipeline.sinks.flush();
             }
             () = pipeline.dispatcher.join_next() => {}
             _ = sigterm.recv() => break,
@@ -204,19 +232,6 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     pipeline.drain(ring.get_mut());
-    for incident in pipeline.dispatcher.finish(&mut incidents).await {
-        pipeline.stdout.push(&incident);
-    }
-    pipeline.stdout.flush();
-    let totals = counters.finish();
-    tracing::info!(
-        emitted = totals.emitted,
-        received = pipeline.received,
-        lost = totals.lost,
-        read_failures = totals.read_failures,
-        map_failures = totals.map_failures,
-        undecodable = pipeline.undecodable,
-        "detector stopped"
-    );
+    pipeline.stop(counters, &mut incidents).await;
     Ok(())
 }

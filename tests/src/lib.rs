@@ -18,8 +18,11 @@ use std::{
 
 use serde_json::Value;
 
+pub mod alerting;
+pub mod alertmanager;
 pub mod incidents;
 pub mod machine;
+pub mod receiver;
 
 /// How long a test waits for a record or for the daemon to be ready before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -63,10 +66,21 @@ impl Daemon {
     /// As [`Daemon::start`].
     #[must_use]
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// As [`Daemon::start_with`], with more environment variables (the alert sinks' `env:`
+    /// secrets).
+    ///
+    /// # Panics
+    /// As [`Daemon::start`].
+    #[must_use]
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(detector_bin())
             .arg("run")
             .args(extra)
             .env("DETECTOR_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -4,7 +4,9 @@
 //! - Out: an exit code; `run` hands over to [`crate::daemon`].
 //! - Must not know: how any stage works inside.
 
+mod alert_test;
 mod check_config;
+mod journal_relay;
 mod run;
 
 use std::process::ExitCode;
@@ -26,6 +28,12 @@ enum Command {
     Run(run::Args),
     /// Check a configuration file; name the line of any error.
     CheckConfig(check_config::Args),
+    /// Send a sample incident (opened, then resolved) to every alert sink of a configuration,
+    /// and print what each receiver answered.
+    AlertTest(alert_test::Args),
+    /// Internal: started by `run` in a watched machine's pid namespace to write its journal.
+    #[command(hide = true)]
+    JournalRelay(journal_relay::Args),
 }
 
 /// Parses the command line, sets up logging on stderr, and runs the subcommand.
@@ -42,6 +50,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(&args),
+        Command::AlertTest(args) => alert_test::run(&args),
+        Command::JournalRelay(args) => journal_relay::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,20 @@
 
 use std::path::PathBuf;
 
-use crate::{config, daemon};
+use crate::{config, daemon, sinks::Output};
+
+/// `--output`: where records and incidents go.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputArg {
+    /// `journal` when stdout is already the journal (systemd runs the daemon), else `both`.
+    Auto,
+    /// JSON lines on stdout.
+    Json,
+    /// Structured entries in the watched systemd's journal (ROOT/run/systemd/journal/socket).
+    Journal,
+    /// Both.
+    Both,
+}
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -23,9 +36,13 @@ pub(super) struct Args {
     /// How many of a failed run's last journal lines an incident carries.
     #[arg(long, default_value_t = config::DEFAULT_JOURNAL_LINES)]
     journal_lines: usize,
-    /// Unit policies and cause rules (TOML; see `detector check-config`).
+    /// Unit policies, cause rules and alert sinks (TOML; see `detector check-config`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Where records and incidents are written. Under systemd, `auto` writes only to the
+    /// journal: JSON lines on a stdout the journal already takes would be every entry twice.
+    #[arg(long, value_enum, default_value = "auto")]
+    output: OutputArg,
 }
 
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
@@ -69,6 +86,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         root,
         journal_lines,
         config,
+        output,
     } = args;
     let config = config
         .as_deref()
@@ -82,6 +100,12 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         root,
         journal_lines,
         config,
+        output: match output {
+            OutputArg::Auto => Output::Auto,
+            OutputArg::Json => Output::Json,
+            OutputArg::Journal => Output::Journal,
+            OutputArg::Both => Output::Both,
+        },
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

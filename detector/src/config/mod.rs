@@ -14,18 +14,25 @@
 //! cause = "database_down"
 //! pattern = "could not connect to server: (.+)"
 //! detail = "the database is unreachable: $1"
+//!
+//! [[alert]]                   # as many as you like; secrets from env: or file: only
+//! kind = "webhook"            # "webhook" | "slack" | "alertmanager" | "pagerduty"
+//! url = "http://127.0.0.1:9099/hook"
+//! headers = { Authorization = "env:HOOK_TOKEN" }
 //! ```
 //!
 //! Deaths in units not listed are still reported (records and incidents), never restarted.
 //!
-//! One file per section: [`unit`] (`[[unit]]`), [`rules`] (`[[rule]]`); [`duration`] for the
-//! durations they share.
+//! One file per section: [`unit`] (`[[unit]]`), [`rules`] (`[[rule]]`), [`alerts`]
+//! (`[[alert]]`: webhook, Slack, Alertmanager, PagerDuty); [`duration`] for the durations they
+//! share.
 //!
 //! - In: the operator's TOML file.
 //! - Out: a checked [`Config`], or a [`ConfigError`] naming file and line.
 //! - Must not know: any stage of the flow. Every stage may read the configuration; the
 //!   configuration imports none of them.
 
+pub(crate) mod alerts;
 mod duration;
 pub(crate) mod rules;
 #[cfg(test)]
@@ -37,13 +44,14 @@ use std::{path::Path, time::Duration};
 use serde::Deserialize;
 use toml::Spanned;
 
+use self::{
+    alerts::{AlertSink, RawAlert},
+    rules::{RawRule, Rule},
+    unit::RawUnit,
+};
 pub(crate) use self::{
     duration::parse_duration,
     unit::{CrashLoop, DEFAULT_JOURNAL_LINES, Health, RestartMode, UnitPolicy},
-};
-use self::{
-    rules::{RawRule, Rule},
-    unit::RawUnit,
 };
 
 /// A checked configuration.
@@ -52,6 +60,8 @@ pub(crate) struct Config {
     pub units: Vec<UnitPolicy>,
     /// The operator's cause rules; they are tried before the built-in ones.
     pub rules: Vec<Rule>,
+    /// Where incidents are announced.
+    pub alerts: Vec<AlertSink>,
 }
 
 impl Config {
@@ -82,6 +92,8 @@ struct RawConfig {
     /// Hosts other than loopback that health checks may go to.
     #[serde(default)]
     health_hosts: Vec<String>,
+    #[serde(default)]
+    alert: Vec<Spanned<RawAlert>>,
 }
 
 struct Ctx<'a> {
@@ -171,6 +183,7 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     for rule in &raw.rule {
         config.rules.push(ctx.rule(rule)?);
     }
+    config.alerts = ctx.alerts(&raw.alert)?;
     Ok(config)
 }
 

@@ -1,27 +1,36 @@
 //! Stage 5, the incident: one record per unit failure, telling an operator what died, why, and
 //! what happened next. It is opened at the death (with the cause the death alone tells), takes
 //! the journal's account when it comes, gets a step in its timeline for each thing the recovery
-//! does ([`Progress`]), and goes to the sinks as `kind: "incident"` once the recovery is over
-//! (healthy, failed, or given up).
+//! does ([`Progress`]), and goes to the sinks twice ([`Notice`]): `opened` once its cause is known
+//! (the journal's account is in), `resolved` once the recovery is over (healthy, failed, or given
+//! up); stdout writes the latter as `kind: "incident"`.
 //!
 //! The incident comes before recovery in the flow, although the issue that laid out the folders
 //! listed it after: recovery writes into an open incident's timeline, so recovery imports it,
 //! never the reverse.
 //!
 //! - In: an [`ExitRecord`] and its provisional cause, then the journal's [`Account`].
-//! - Out: [`Incident`]s on a channel, finished or `interrupted`, never lost.
+//! - Out: [`Notice`]s on a channel: every incident opened, then resolved (finished or
+//!   `interrupted`), never lost.
 //! - Must not know: D-Bus, health checks, policies (the recovery reports its steps through
 //!   [`Progress`]), sinks.
 
+mod notice;
 mod progress;
 
 use serde::Serialize;
 
-pub(crate) use self::progress::Progress;
+pub(crate) use self::{
+    notice::{Notice, Outcome, Phase},
+    progress::Progress,
+};
 use crate::{
     death::record::ExitRecord,
     journal::{Account, causes::Cause},
-    kernel::clock::{self, Clock},
+    kernel::{
+        clock::{self, Clock},
+        random,
+    },
     unit::ports::Holder,
 };
 
@@ -60,6 +69,9 @@ pub(crate) enum Action {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Incident {
     pub kind: &'static str,
+    /// Stable for the incident's life: 32 lowercase hex digits from random bytes, made when it
+    /// opens. Its notices (opened, resolved), journal entries and alerts all carry it.
+    pub id: String,
     pub unit: String,
     pub invocation_id: Option<String>,
     /// The first death's process; null for an incident no death opened (`unhealthy`).
@@ -143,6 +155,7 @@ impl Incident {
     ) -> Self {
         Self {
             kind: "incident",
+            id: random::id128(),
             unit: unit.to_owned(),
             invocation_id,
             pid: None,
@@ -182,8 +195,11 @@ impl Incident {
     }
 
     /// Takes the deaths another incident counted (one opened for the same failure, folded into
-    /// this one): they came first.
+    /// this one): they came first. It takes its id too: the failure is one conversation, and
+    /// the earlier incident may already have been announced (its alerts are resolved by this
+    /// one's end).
     pub(crate) fn absorb(&mut self, earlier: &Self) {
+        self.id.clone_from(&earlier.id);
         self.deaths += earlier.deaths;
         let mut pids = earlier.pids.clone();
         pids.extend(self.pids.iter().copied());

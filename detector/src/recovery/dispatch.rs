@@ -17,7 +17,7 @@ use super::{Recovery, systemd::Systemd, workers};
 use crate::{
     config::{Config, UnitPolicy},
     death::record::ExitRecord,
-    incident::{Incident, Progress},
+    incident::{Incident, Notice, Progress},
     journal::{self, causes},
 };
 
@@ -38,7 +38,7 @@ pub(crate) struct Dispatcher {
     watchers: JoinSet<()>,
     /// The watched systemd's PID 1, in our pid namespace, when known.
     manager_pid: Option<i32>,
-    incidents: UnboundedSender<Incident>,
+    incidents: UnboundedSender<Notice>,
 }
 
 impl Dispatcher {
@@ -46,7 +46,7 @@ impl Dispatcher {
     pub(crate) fn new(
         journal: journal::Readers,
         recovery: Recovery,
-        incidents: UnboundedSender<Incident>,
+        incidents: UnboundedSender<Notice>,
         manager_pid: Option<i32>,
     ) -> Self {
         let recovery = Arc::new(recovery);
@@ -189,11 +189,11 @@ impl Dispatcher {
     }
 
     /// At shutdown: every incident begun still gets out, finished within [`SHUTDOWN_GRACE`] or
-    /// as far as it got. Returns the incidents that were still in the channel.
+    /// as far as it got. Returns the notices that were still in the channel.
     pub(crate) async fn finish(
         &mut self,
-        incidents: &mut UnboundedReceiver<Incident>,
-    ) -> Vec<Incident> {
+        incidents: &mut UnboundedReceiver<Notice>,
+    ) -> Vec<Notice> {
         // An incident they have under way goes out `interrupted` (see `interrupt_all`).
         self.watchers.abort_all();
         while self.watchers.join_next().await.is_some() {}
@@ -213,8 +213,8 @@ impl Dispatcher {
         }
         self.recovery.interrupt_all();
         let mut left = Vec::new();
-        while let Ok(incident) = incidents.try_recv() {
-            left.push(incident);
+        while let Ok(notice) = incidents.try_recv() {
+            left.push(notice);
         }
         left
     }

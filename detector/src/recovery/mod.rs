@@ -428,7 +428,8 @@ impl Recovery {
 /// Everything about one death in a service: the journal's account and, for a unit failure
 /// under a restarting policy, the recovery. `fast` says the death is known to be a unit's main
 /// or control process (its parent is the manager), so the recovery need not wait for the
-/// journal. Sends the incident when both are done; nothing when the death did not fail its unit.
+/// journal. Announces the incident once the journal has spoken, and sends it when both are done;
+/// nothing when the death did not fail its unit.
 pub(crate) async fn handle(
     recovery: Arc<Recovery>,
     unit: String,
@@ -450,10 +451,14 @@ pub(crate) async fn handle(
                 kind: Kind::Stopped,
             };
             let recover = recovery.recover(&unit, &policy, failure, &progress, deaths);
-            let (journaled, ()) = tokio::join!(journal, recover);
-            if let Ok(account) = journaled {
-                progress.with(|i| i.journaled(account));
-            }
+            // Announced as soon as the journal has spoken, while the recovery goes on.
+            let journaled = async {
+                if let Ok(account) = journal.await {
+                    progress.with(|i| i.journaled(account));
+                }
+                progress.opened();
+            };
+            tokio::join!(journaled, recover);
         }
         acting => {
             match journal.await {
@@ -470,6 +475,7 @@ pub(crate) async fn handle(
                 // No journal thread: we cannot tell the main process, so every death counts.
                 Err(_) => {}
             }
+            progress.opened();
             if let Some(policy) = acting {
                 let deaths = recovery.failed(&unit);
                 let failure = Failure {

@@ -26,7 +26,7 @@ use super::{
     systemd::{Systemd, hex},
 };
 use crate::{
-    incident::{Incident, Progress},
+    incident::{Incident, Notice, Progress},
     journal::{self, Account},
     kernel::clock::{self, Clock},
 };
@@ -41,7 +41,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     recovery: &Arc<Recovery>,
-    incidents: &UnboundedSender<Incident>,
+    incidents: &UnboundedSender<Notice>,
     journal: &journal::Readers,
 ) {
     if !recovery.config().units.is_empty() {
@@ -86,7 +86,7 @@ fn string(value: Option<&OwnedValue>) -> Option<String> {
 /// Follows the bus for as long as the daemon runs, connecting again when it goes.
 async fn watch(
     recovery: Arc<Recovery>,
-    incidents: UnboundedSender<Incident>,
+    incidents: UnboundedSender<Notice>,
     journal: journal::Readers,
 ) {
     let mut handled: HashMap<String, Option<String>> = HashMap::new();
@@ -104,7 +104,7 @@ async fn watch(
 
 async fn follow(
     recovery: &Arc<Recovery>,
-    incidents: &UnboundedSender<Incident>,
+    incidents: &UnboundedSender<Notice>,
     journal: &journal::Readers,
     handled: &mut HashMap<String, Option<String>>,
 ) -> Result<(), String> {
@@ -253,6 +253,7 @@ async fn recover(
             i.role = "unit";
         });
     }
+    progress.opened();
     if let Some(policy) = recovery
         .config()
         .policy(unit)

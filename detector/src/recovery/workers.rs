@@ -145,6 +145,7 @@ pub(crate) async fn run(
     if let Ok(account) = journal.await {
         progress.with(|i| i.journaled(account));
     }
+    progress.opened();
     let policy = recovery.config().policy(&unit).cloned();
     let (step, what) = match observe(&recovery, policy.as_ref(), &mut counted, opened).await {
         Outcome::Healed { detail, healthy } => {
