@@ -15,6 +15,8 @@
 
 mod progress;
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 pub(crate) use self::progress::Progress;
@@ -59,6 +61,9 @@ pub(crate) enum Action {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Incident {
     pub kind: &'static str,
+    /// Stable and unique: 128 random bits as 32 lowercase hex digits, made when the incident
+    /// opens. The history, `detector incidents show ID` and the sinks name it by this.
+    pub id: String,
     pub unit: String,
     pub invocation_id: Option<String>,
     /// The first death's process; null for an incident no death opened (`unhealthy`).
@@ -100,12 +105,52 @@ pub(crate) struct Incident {
 /// How many pids an incident lists; `deaths` counts them all.
 pub(crate) const MAX_PIDS: usize = 16;
 
+/// A new incident id: 128 bits from the kernel's random source as 32 lowercase hex digits (the
+/// shape of systemd's ids). Random rather than counted, so that ids stay unique across daemon
+/// restarts and hosts without any state.
+#[must_use]
+pub(crate) fn new_id() -> String {
+    let mut bytes = [0_u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        let rest = &mut bytes[filled..];
+        // SAFETY: the pointer and length describe `rest`, a live, writable part of `bytes`;
+        // getrandom writes at most that many bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) => filled += n,
+            // EINTR: try again. Any other error (no getrandom, before 3.17) cannot happen on
+            // the kernels detector runs on (BTF, ring buffers: 5.8 and later); fall back to
+            // time and pid rather than fail an incident over it.
+            Err(_) if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+            }
+            Err(_) => return fallback_id(),
+        }
+    }
+    bytes.iter().fold(String::with_capacity(32), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// An id from the clock, the pid and a counter: unique enough without a random source.
+fn fallback_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{:016x}{:08x}{n:08x}", now as u64, std::process::id())
+}
+
 impl Incident {
     /// The incident for a death that failed `unit`, with its cause already classified.
     #[must_use]
     pub(crate) fn from_death(unit: &str, record: &ExitRecord, (cause, detail): Cause) -> Self {
         Self {
             kind: "incident",
+            id: new_id(),
             unit: unit.to_owned(),
             invocation_id: record.invocation_id.clone(),
             pid: Some(record.pid),
@@ -147,6 +192,7 @@ impl Incident {
     ) -> Self {
         Self {
             kind: "incident",
+            id: new_id(),
             unit: unit.to_owned(),
             invocation_id,
             pid: None,
@@ -170,6 +216,35 @@ impl Incident {
             }],
             died_ns: now_ns,
         }
+    }
+
+    /// How the incident ended, in one word: `reported`, `gave_up`, `failed` (the bus or systemd
+    /// refused, or the restarted unit failed to start), `healthy` (the health check passed, or
+    /// workers stayed up), `unhealthy` (the check did not pass by its deadline), `active` (up
+    /// again, no check), `died_again`, `down` (systemd did not bring it back), `interrupted`
+    /// (detector stopped), `incomplete`. The last step that says one decides.
+    #[must_use]
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self.action {
+            Action::Reported => return "reported",
+            Action::GaveUp => return "gave_up",
+            Action::Failed => return "failed",
+            Action::Restarted | Action::Watched => {}
+        }
+        self.timeline
+            .iter()
+            .rev()
+            .find_map(|s| match s.step {
+                "health_ok" | "workers_stable" => Some("healthy"),
+                "health_failed" => Some("unhealthy"),
+                "restart_failed" => Some("failed"),
+                "died_again" => Some("died_again"),
+                "interrupted" => Some("interrupted"),
+                "unit_inactive" => Some("down"),
+                "unit_active" => Some("active"),
+                _ => None,
+            })
+            .unwrap_or("incomplete")
     }
 
     /// Counts one more death in this incident.
