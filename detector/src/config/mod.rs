@@ -14,12 +14,21 @@
 //! cause = "database_down"
 //! pattern = "could not connect to server: (.+)"
 //! detail = "the database is unreachable: $1"
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"   # serves /metrics; not served without it
+//! max_units = 50              # units outside [[unit]] named before the rest are "other"
+//!
+//! [history]
+//! path = "/var/lib/detector/incidents.db"
+//! max_age = "30d"
+//! max_incidents = 10000
 //! ```
 //!
 //! Deaths in units not listed are still reported (records and incidents), never restarted.
 //!
-//! One file per section: [`unit`] (`[[unit]]`), [`rules`] (`[[rule]]`); [`duration`] for the
-//! durations they share.
+//! One file per section: [`unit`] (`[[unit]]`), [`rules`] (`[[rule]]`), [`metrics`]
+//! (`[metrics]`), [`history`] (`[history]`); [`duration`] for the durations they share.
 //!
 //! - In: the operator's TOML file.
 //! - Out: a checked [`Config`], or a [`ConfigError`] naming file and line.
@@ -27,6 +36,8 @@
 //!   configuration imports none of them.
 
 mod duration;
+pub(crate) mod history;
+pub(crate) mod metrics;
 pub(crate) mod rules;
 #[cfg(test)]
 mod tests;
@@ -42,6 +53,8 @@ pub(crate) use self::{
     unit::{CrashLoop, DEFAULT_JOURNAL_LINES, Health, RestartMode, UnitPolicy},
 };
 use self::{
+    history::{History, RawHistory},
+    metrics::{Metrics, RawMetrics},
     rules::{RawRule, Rule},
     unit::RawUnit,
 };
@@ -52,6 +65,8 @@ pub(crate) struct Config {
     pub units: Vec<UnitPolicy>,
     /// The operator's cause rules; they are tried before the built-in ones.
     pub rules: Vec<Rule>,
+    pub metrics: Metrics,
+    pub history: History,
 }
 
 impl Config {
@@ -79,6 +94,8 @@ struct RawConfig {
     unit: Vec<Spanned<RawUnit>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    metrics: Option<Spanned<RawMetrics>>,
+    history: Option<Spanned<RawHistory>>,
 }
 
 struct Ctx<'a> {
@@ -139,6 +156,12 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     }
     for rule in &raw.rule {
         config.rules.push(ctx.rule(rule)?);
+    }
+    if let Some(metrics) = &raw.metrics {
+        config.metrics = ctx.metrics(metrics)?;
+    }
+    if let Some(history) = &raw.history {
+        config.history = ctx.history(history)?;
     }
     Ok(config)
 }

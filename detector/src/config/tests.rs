@@ -52,7 +52,19 @@ fn the_documented_shape_parses() {
 
 #[test]
 fn errors_name_the_line_and_the_problem() {
-    let cases: [(&str, usize, &str); 14] = [
+    let cases: [(&str, usize, &str); 18] = [
+        (
+            "[metrics]\nlisten = \"localhost\"\n",
+            2,
+            "is not an address and port",
+        ),
+        ("[metrics]\nmax_units = -3\n", 2, "use 0 to 10000"),
+        (
+            "[history]\n\npath = \"incidents.db\"\n",
+            3,
+            "must be absolute",
+        ),
+        ("[history]\nmax_age = \"1y\"\n", 2, "history max_age"),
         ("[[unit]]\nname = \"app\"\n", 2, "needs a type suffix"),
         (
             "[[unit]]\nname = \"a/b.service\"\n",
@@ -132,6 +144,43 @@ fn errors_name_the_line_and_the_problem() {
 }
 
 #[test]
+fn metrics_and_history_sections() {
+    let config = parse(
+        "c.toml",
+        "[metrics]\nlisten = \"127.0.0.1:9464\"\nmax_units = 5\n\n[history]\npath = \"/tmp/i.db\"\n\
+         max_age = \"7d\"\nmax_incidents = 100\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        (
+            config.metrics.listen.map(|a| a.to_string()),
+            config.metrics.max_units
+        ),
+        (Some("127.0.0.1:9464".to_owned()), 5)
+    );
+    assert_eq!(
+        (
+            config.history.path.as_deref(),
+            config.history.max_age,
+            config.history.max_incidents
+        ),
+        (
+            Some(Path::new("/tmp/i.db")),
+            Duration::from_hours(7 * 24),
+            100
+        )
+    );
+    // Without the sections: no endpoint, the history at its default path.
+    let plain = parse("c.toml", "").expect("valid");
+    assert_eq!(
+        (plain.metrics.listen, plain.history.path.as_deref()),
+        (None, Some(Path::new("/var/lib/detector/incidents.db")))
+    );
+    let off = parse("c.toml", "[history]\nenabled = false\n").expect("valid");
+    assert_eq!(off.history.path, None);
+}
+
+#[test]
 fn templates_cover_their_instances() {
     let config = parse("c.toml", "[[unit]]\nname = \"app@.service\"\n").expect("valid");
     for (unit, covered) in [
@@ -153,6 +202,7 @@ fn durations() {
         ("1s", Some(1000)),
         ("5m", Some(300_000)),
         ("1h", Some(3_600_000)),
+        ("2d", Some(172_800_000)),
         ("5", None),
         ("s", None),
         ("1.5s", None),
