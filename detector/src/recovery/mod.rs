@@ -22,7 +22,7 @@ pub(crate) mod systemd;
 mod workers;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -79,6 +79,10 @@ struct Run(Option<String>);
 /// Most runs a unit's track remembers as owned; the oldest goes first.
 const MAX_OWNED: usize = 8;
 
+/// Each health-checked unit's last verdict (true: its check passed), from liveness polls and
+/// the checks after a restart. Shared with whoever reports it (the metrics).
+pub(crate) type HealthBoard = Arc<Mutex<BTreeMap<String, bool>>>;
+
 /// The recovery side of the daemon, shared by the tasks handling deaths.
 pub(crate) struct Recovery {
     root: PathBuf,
@@ -87,6 +91,7 @@ pub(crate) struct Recovery {
     units: Mutex<HashMap<String, Track>>,
     /// Made at the first health check: a daemon without any costs no memory for it.
     http: std::sync::OnceLock<reqwest::Client>,
+    health: HealthBoard,
 }
 
 /// How a unit failed, for what recovering it takes.
@@ -121,7 +126,22 @@ impl Recovery {
             bus: tokio::sync::Mutex::new(bus.map(Arc::new)),
             units: Mutex::new(HashMap::new()),
             http: std::sync::OnceLock::new(),
+            health: HealthBoard::default(),
         }
+    }
+
+    /// The units' last health verdicts, for reporting.
+    #[must_use]
+    pub(crate) fn health_board(&self) -> HealthBoard {
+        Arc::clone(&self.health)
+    }
+
+    /// Notes the verdict of `unit`'s latest health check.
+    pub(crate) fn note_health(&self, unit: &str, healthy: bool) {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(unit.to_owned(), healthy);
     }
 
     #[must_use]
