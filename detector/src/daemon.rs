@@ -1,6 +1,6 @@
 //! `detector run` wired together: probes → ring buffer → decode → correlate → enrich → sinks for
 //! every death; deaths in services go on to the recovery's dispatcher, whose incidents come back
-//! here for the sinks. Each stage's logic lives in its folder; this file only connects them and
+//! here for the sinks (stdout, metrics, history). Each stage's logic lives in its folder; this file only connects them and
 //! runs the loop.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -15,6 +15,7 @@ use tokio::{
 use crate::{
     config::Config,
     death::correlate::correlate,
+    incident::Incident,
     journal,
     kernel::{
         clock::{self, Clock},
@@ -23,7 +24,11 @@ use crate::{
         probes::{self, Probes},
     },
     recovery::{self, Dispatcher, Recovery},
-    sinks::stdout::Stdout,
+    sinks::{
+        history::History,
+        metrics::{Metrics, server},
+        stdout::Stdout,
+    },
     unit::{cgroups::CgroupResolver, manager, roles::Roles},
 };
 
@@ -57,6 +62,9 @@ struct Pipeline {
     cgroups: CgroupResolver,
     roles: Roles,
     stdout: Stdout,
+    metrics: Arc<Metrics>,
+    /// None when `[history]` is disabled.
+    history: Option<History>,
     received: u64,
     undecodable: u64,
 }
@@ -94,6 +102,7 @@ impl Pipeline {
                     record.latency_us =
                         clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
                     self.stdout.push(&record);
+                    self.metrics.death(&record);
                     urgent |= self.dispatcher.death(&record);
                     pending += 1;
                     if pending == FLUSH_EVERY {
@@ -111,6 +120,30 @@ impl Pipeline {
         }
         self.stdout.flush();
         (read, urgent)
+    }
+
+    /// A finished incident to every sink. Stdout is flushed by the caller.
+    fn incident(&mut self, incident: &Incident) {
+        self.stdout.push(incident);
+        self.metrics.incident(incident);
+        if let Some(history) = &self.history {
+            history.push(incident);
+        }
+    }
+}
+
+/// Serves `/metrics` if the configuration asks; a port that cannot be had is logged, and the
+/// daemon goes on without it.
+async fn serve_metrics(
+    listen: Option<std::net::SocketAddr>,
+    metrics: &Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match server::bind(listen?).await {
+        Ok(listener) => Some(tokio::spawn(server::serve(listener, Arc::clone(metrics)))),
+        Err(e) => {
+            tracing::error!("{e:#}; running without the metrics endpoint");
+            None
+        }
     }
 }
 
@@ -151,18 +184,20 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         netns_pid: manager_pid.unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
     });
     let bus = recovery::check_units(&options.root, &options.config).await;
+    let recovery = Recovery::new(options.root.clone(), Arc::clone(&config), bus);
+    let metrics = Arc::new(Metrics::new(Arc::clone(&config), recovery.health_board()));
+    let history = History::spawn(&config.history, metrics.sink("history"));
+    let server = serve_metrics(config.metrics.listen, &metrics).await;
     let mut pipeline = Pipeline {
-        dispatcher: Dispatcher::new(
-            journal,
-            Recovery::new(options.root.clone(), config, bus),
-            incidents_tx,
-        ),
+        dispatcher: Dispatcher::new(journal, recovery, incidents_tx),
         cgroups: CgroupResolver::discover(manager_root.clone()),
         roles: Roles {
             manager_pid,
             spawns_tracked: hooks.spawns.is_some(),
         },
         stdout: Stdout::default(),
+        metrics,
+        history,
         received: 0,
         undecodable: 0,
     };
@@ -173,15 +208,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
 
-    tracing::info!(
-        exit = hooks.exit,
-        spawns = hooks.spawns.unwrap_or("none"),
-        oom = hooks.oom.unwrap_or("none"),
-        cgroups = hooks.cgroups.unwrap_or("none"),
-        root = %options.root.display(),
-        manager_cgroup = manager_root,
-        "detector ready: watching process deaths"
-    );
+    ready(&hooks, &options.root, &manager_root, &config);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -191,10 +218,11 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 counters.report();
+                pipeline.metrics.kernel(counters.totals(), pipeline.undecodable);
                 pipeline.cgroups.sweep(std::time::Instant::now());
             }
             Some(incident) = incidents.recv() => {
-                pipeline.stdout.push(&incident);
+                pipeline.incident(&incident);
                 pipeline.stdout.flush();
             }
             () = pipeline.dispatcher.join_next() => {}
@@ -204,9 +232,15 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     }
     pipeline.drain(ring.get_mut());
     for incident in pipeline.dispatcher.finish(&mut incidents).await {
-        pipeline.stdout.push(&incident);
+        pipeline.incident(&incident);
     }
     pipeline.stdout.flush();
+    if let Some(server) = server {
+        server.abort();
+    }
+    if let Some(history) = pipeline.history.take() {
+        history.finish();
+    }
     let totals = counters.finish();
     tracing::info!(
         emitted = totals.emitted,
@@ -218,4 +252,19 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         "detector stopped"
     );
     Ok(())
+}
+
+/// Says the daemon is ready (the tests wait for this line), with what it watches and serves.
+fn ready(hooks: &probes::Hooks, root: &std::path::Path, manager_root: &str, config: &Config) {
+    tracing::info!(
+        exit = hooks.exit,
+        spawns = hooks.spawns.unwrap_or("none"),
+        oom = hooks.oom.unwrap_or("none"),
+        cgroups = hooks.cgroups.unwrap_or("none"),
+        root = %root.display(),
+        manager_cgroup = manager_root,
+        metrics = %config.metrics.listen.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
+        history = %config.history.path.as_deref().map_or_else(|| "off".into(), std::path::Path::to_string_lossy),
+        "detector ready: watching process deaths"
+    );
 }

@@ -1,10 +1,12 @@
 //! The command line: one file per subcommand. `main.rs` only calls [`main`].
 //!
 //! - In: arguments and the environment (`DETECTOR_LOG`).
-//! - Out: an exit code; `run` hands over to [`crate::daemon`].
+//! - Out: an exit code; `run` hands over to [`crate::daemon`]; `incidents` reads the history
+//!   the daemon's sink writes.
 //! - Must not know: how any stage works inside.
 
 mod check_config;
+mod incidents;
 mod run;
 
 use std::process::ExitCode;
@@ -26,6 +28,8 @@ enum Command {
     Run(run::Args),
     /// Check a configuration file; name the line of any error.
     CheckConfig(check_config::Args),
+    /// The incident history: `list` them, `show` one as a timeline.
+    Incidents(incidents::Args),
 }
 
 /// Parses the command line, sets up logging on stderr, and runs the subcommand.
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(&args),
+        Command::Incidents(args) => incidents::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
