@@ -186,7 +186,12 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let bus = recovery::check_units(&options.root, &options.config).await;
     let recovery = Recovery::new(options.root.clone(), Arc::clone(&config), bus);
     let metrics = Arc::new(Metrics::new(Arc::clone(&config), recovery.health_board()));
-    let history = History::spawn(&config.history, metrics.sink("history"));
+    // The sink's counters exist only with the sink: a disabled history exports none.
+    let history = config
+        .history
+        .path
+        .as_ref()
+        .and_then(|_| History::spawn(&config.history, metrics.sink("history")));
     let server = serve_metrics(config.metrics.listen, &metrics).await;
     let mut pipeline = Pipeline {
         dispatcher: Dispatcher::new(journal, recovery, incidents_tx),
