@@ -132,6 +132,18 @@ impl Pipeline {
     }
 }
 
+/// The metrics, and the history's writer unless `[history]` is disabled.
+fn sinks(config: &Arc<Config>, recovery: &Recovery) -> (Arc<Metrics>, Option<History>) {
+    let metrics = Arc::new(Metrics::new(Arc::clone(config), recovery.health_board()));
+    // The sink's counters exist only with the sink: a disabled history exports none.
+    let history = config
+        .history
+        .path
+        .as_ref()
+        .and_then(|_| History::spawn(&config.history, metrics.sink("history")));
+    (metrics, history)
+}
+
 /// Serves `/metrics` if the configuration asks; a port that cannot be had is logged, and the
 /// daemon goes on without it.
 async fn serve_metrics(
@@ -185,13 +197,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     });
     let bus = recovery::check_units(&options.root, &options.config).await;
     let recovery = Recovery::new(options.root.clone(), Arc::clone(&config), bus);
-    let metrics = Arc::new(Metrics::new(Arc::clone(&config), recovery.health_board()));
-    // The sink's counters exist only with the sink: a disabled history exports none.
-    let history = config
-        .history
-        .path
-        .as_ref()
-        .and_then(|_| History::spawn(&config.history, metrics.sink("history")));
+    let (metrics, history) = sinks(&config, &recovery);
     let server = serve_metrics(config.metrics.listen, &metrics).await;
     let mut pipeline = Pipeline {
         dispatcher: Dispatcher::new(journal, recovery, incidents_tx),

@@ -20,6 +20,7 @@ use serde_json::Value;
 
 pub mod incidents;
 pub mod machine;
+pub mod prometheus;
 
 /// How long a test waits for a record or for the daemon to be ready before failing.
 pub const WAIT: Duration = Duration::from_secs(20);

@@ -8,151 +8,20 @@
     reason = "each target of the tests package uses a part of its dependencies"
 )]
 
-use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tests::{
     Daemon, detector_bin,
     incidents::{demo, incident_for, policy, steps},
     machine::{Machine, tempdir},
+    prometheus::Prometheus,
 };
 
 const SEGV: &str = "demo-metrics-segv.service";
 const ENV: &str = "demo-metrics-env.service";
 const METRICS: &str = "127.0.0.1:18390";
 const PROMETHEUS: &str = "127.0.0.1:18391";
-
-/// A GET over plain HTTP/1.0; returns the status code and body.
-fn get(addr: &str, target: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {target} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
-/// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// Debian's Prometheus, scraping the daemon every second; killed when dropped.
-struct Prometheus {
-    child: Child,
-    addr: &'static str,
-    _dir: tempdir::Dir,
-}
-
-impl Prometheus {
-    fn start() -> Self {
-        let dir = tempdir::Dir::new("prometheus");
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  \
-                 - job_name: detector\n    static_configs:\n      - targets: ['{METRICS}']\n"
-            ),
-        )
-        .expect("prometheus.yml");
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={PROMETHEUS}"))
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start prometheus (cargo xtask installs it): {e}"));
-        let prometheus = Self {
-            child,
-            addr: PROMETHEUS,
-            _dir: dir,
-        };
-        let started = Instant::now();
-        while get(PROMETHEUS, "/-/ready").is_none_or(|(status, _)| status != 200) {
-            assert!(
-                started.elapsed() < Duration::from_mins(1),
-                "prometheus never got ready"
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
-        prometheus
-    }
-
-    /// An instant query: each series' labels and value.
-    fn query(&self, expr: &str) -> Vec<(Value, f64)> {
-        let (status, body) = get(self.addr, &format!("/api/v1/query?query={}", encode(expr)))
-            .unwrap_or_else(|| panic!("prometheus did not answer {expr}"));
-        let answer: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        assert_eq!(
-            (status, &answer["status"]),
-            (200, &json!("success")),
-            "{expr}: {body}"
-        );
-        answer["data"]["result"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                let value = r["value"][1].as_str().and_then(|v| v.parse().ok());
-                (r["metric"].clone(), value.unwrap_or(f64::NAN))
-            })
-            .collect()
-    }
-
-    /// The one value of `expr`, None while it has no series.
-    fn value(&self, expr: &str) -> Option<f64> {
-        let result = self.query(expr);
-        assert!(result.len() <= 1, "{expr} has several series: {result:?}");
-        result.first().map(|(_, v)| *v)
-    }
-
-    /// Waits until `expr` is `want` (new scrapes come every second).
-    fn wait_for(&self, expr: &str, want: f64) {
-        let started = Instant::now();
-        loop {
-            let got = self.value(expr);
-            if got == Some(want) {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "{expr} is {got:?}, not {want}"
-            );
-            thread::sleep(Duration::from_millis(300));
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `detector incidents --db DB ARGS`: its stdout, once it succeeded.
 fn incidents(db: &Path, args: &[&str]) -> String {
@@ -361,7 +230,7 @@ fn prometheus_scrapes_the_incidents_and_the_history_keeps_them() {
         &config.display().to_string(),
     ];
     let daemon = Daemon::start_with(&args);
-    let prometheus = Prometheus::start();
+    let prometheus = Prometheus::start(PROMETHEUS, METRICS);
     machine.systemctl(&["start", "--no-block", SEGV]);
     let segv = incident_for(&daemon, SEGV);
     assert_eq!(segv["action"], "restarted", "{segv}");
@@ -412,4 +281,60 @@ fn prometheus_scrapes_the_incidents_and_the_history_keeps_them() {
         "no new incident: {records:?}"
     );
     check_show(&db, &segv);
+}
+
+#[test]
+fn a_corrupt_history_costs_its_incidents_not_the_detection() {
+    let machine = Machine::boot_demo(&[(ENV, &demo("env", 18302, ""))]);
+    let dir = tempdir::Dir::new("corrupt-history");
+    let db = dir.path().join("incidents.db");
+    let garbage = "this file is no database\n".repeat(400);
+    std::fs::write(&db, &garbage).expect("write the corrupt file");
+    let config = dir.path().join("detector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[metrics]\nlisten = \"{METRICS}\"\n\n[history]\npath = \"{}\"\n",
+            policy(ENV, "report", 18302),
+            db.display()
+        ),
+    )
+    .expect("config");
+    let daemon = Daemon::start_with(&[
+        "--root",
+        &machine.root(),
+        "--config",
+        &config.display().to_string(),
+    ]);
+    machine.systemctl(&["start", "--no-block", ENV]);
+    let incident = incident_for(&daemon, ENV);
+    assert_eq!(incident["cause"], "missing_env", "{incident}");
+    // The incident still went to stdout and the metrics; the history counted it dropped.
+    let started = std::time::Instant::now();
+    let body = loop {
+        let (status, body) = tests::prometheus::get(METRICS, "/metrics").expect("/metrics");
+        assert_eq!(status, 200, "{body}");
+        if body.contains("detector_sink_drops_total{sink=\"history\"} 1\n") {
+            break body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the drop is not counted:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let counted = format!("detector_incidents_total{{name=\"{ENV}\",cause=\"missing_env\"}} 1\n");
+    assert!(body.contains(&counted), "{body}");
+    let (_, stderr) = daemon.stop();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("not an SQLite database") && l.contains("detection goes on")),
+        "no clear error: {stderr:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&db).expect("read"),
+        garbage,
+        "the file is left as it was"
+    );
 }
