@@ -25,7 +25,12 @@ use crate::{
         probes::{self, Probes},
     },
     recovery::{self, Dispatcher, Recovery},
-    sinks::{Output, Sinks, words},
+    sinks::{
+        Output, Sinks,
+        history::History,
+        metrics::{Metrics, server},
+        words,
+    },
     unit::{cgroups::CgroupResolver, manager, roles::Roles},
 };
 
@@ -137,6 +142,33 @@ impl Pipeline {
     }
 }
 
+/// The metrics, and the history's writer unless `[history]` is disabled.
+fn measures(config: &Arc<Config>, recovery: &Recovery) -> (Arc<Metrics>, Option<History>) {
+    let metrics = Arc::new(Metrics::new(Arc::clone(config), recovery.health_board()));
+    // The sink's counters exist only with the sink: a disabled history exports none.
+    let history = config
+        .history
+        .path
+        .as_ref()
+        .and_then(|_| History::spawn(&config.history, metrics.sink("history")));
+    (metrics, history)
+}
+
+/// Serves `/metrics` if the configuration asks; a port that cannot be had is logged, and the
+/// daemon goes on without it.
+async fn serve_metrics(
+    listen: Option<std::net::SocketAddr>,
+    metrics: &Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match server::bind(listen?).await {
+        Ok(listener) => Some(tokio::spawn(server::serve(listener, Arc::clone(metrics)))),
+        Err(e) => {
+            tracing::error!("{e:#}; running without the metrics endpoint");
+            None
+        }
+    }
+}
+
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let manager_root = manager::cgroup(&options.root).unwrap_or_else(|e| {
         // Deaths are still worth reporting without unit names.
@@ -174,13 +206,11 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         netns_pid: manager_pid.unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
     });
     let bus = recovery::check_units(&options.root, &options.config).await;
+    let recovery = Recovery::new(options.root.clone(), Arc::clone(&config), bus);
+    let (metrics, history) = measures(&config, &recovery);
+    let server = serve_metrics(config.metrics.listen, &metrics).await;
     let mut pipeline = Pipeline {
-        dispatcher: Dispatcher::new(
-            journal,
-            Recovery::new(options.root.clone(), config, bus),
-            incidents_tx,
-            manager_pid,
-        ),
+        dispatcher: Dispatcher::new(journal, recovery, incidents_tx, manager_pid),
         cgroups: CgroupResolver::discover(manager_root.clone()),
         roles: Roles {
             manager_pid,
@@ -191,6 +221,8 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             (&options.root, manager_pid),
             &options.config.alerts,
             &words::host(&options.root),
+            metrics,
+            history,
         ),
         received: 0,
         undecodable: 0,
@@ -202,15 +234,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
 
-    tracing::info!(
-        exit = hooks.exit,
-        spawns = hooks.spawns.unwrap_or("none"),
-        oom = hooks.oom.unwrap_or("none"),
-        cgroups = hooks.cgroups.unwrap_or("none"),
-        root = %options.root.display(),
-        manager_cgroup = manager_root,
-        "detector ready: watching process deaths"
-    );
+    ready(&hooks, &options.root, &manager_root, &config);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -220,6 +244,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 counters.report();
+                pipeline.sinks.metrics().kernel(counters.totals(), pipeline.undecodable);
                 pipeline.cgroups.sweep(std::time::Instant::now());
             }
             Some(notice) = incidents.recv() => {
@@ -233,5 +258,23 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     }
     pipeline.drain(ring.get_mut());
     pipeline.stop(counters, &mut incidents).await;
+    if let Some(server) = server {
+        server.abort();
+    }
     Ok(())
+}
+
+/// Says the daemon is ready (the tests wait for this line), with what it watches and serves.
+fn ready(hooks: &probes::Hooks, root: &std::path::Path, manager_root: &str, config: &Config) {
+    tracing::info!(
+        exit = hooks.exit,
+        spawns = hooks.spawns.unwrap_or("none"),
+        oom = hooks.oom.unwrap_or("none"),
+        cgroups = hooks.cgroups.unwrap_or("none"),
+        root = %root.display(),
+        manager_cgroup = manager_root,
+        metrics = %config.metrics.listen.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
+        history = %config.history.path.as_deref().map_or_else(|| "off".into(), std::path::Path::to_string_lossy),
+        "detector ready: watching process deaths"
+    );
 }

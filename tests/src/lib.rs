@@ -22,6 +22,7 @@ pub mod alerting;
 pub mod alertmanager;
 pub mod incidents;
 pub mod machine;
+pub mod prometheus;
 pub mod receiver;
 
 /// How long a test waits for a record or for the daemon to be ready before failing.
@@ -196,6 +197,17 @@ impl Daemon {
             s.closed && s.stderr.iter().any(|l| l.contains("detector stopped"))
         });
         self.with(|s| (s.records.clone(), s.stderr.clone()))
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would: nothing of its
+    /// shutdown runs. Returns the records it wrote.
+    #[must_use]
+    pub fn kill(mut self) -> Vec<Value> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+        self.wait_until("the daemon's output to end", |s| s.closed);
+        self.with(|s| s.records.clone())
     }
 
     fn terminate(&self) {

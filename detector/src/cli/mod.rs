@@ -1,11 +1,13 @@
 //! The command line: one file per subcommand. `main.rs` only calls [`main`].
 //!
 //! - In: arguments and the environment (`DETECTOR_LOG`).
-//! - Out: an exit code; `run` hands over to [`crate::daemon`].
+//! - Out: an exit code; `run` hands over to [`crate::daemon`]; `incidents` reads the history
+//!   the daemon's sink writes.
 //! - Must not know: how any stage works inside.
 
 mod alert_test;
 mod check_config;
+mod incidents;
 mod journal_relay;
 mod run;
 
@@ -34,6 +36,8 @@ enum Command {
     /// Internal: started by `run` in a watched machine's pid namespace to write its journal.
     #[command(hide = true)]
     JournalRelay(journal_relay::Args),
+    /// The incident history: `list` them, `show` one as a timeline.
+    Incidents(incidents::Args),
 }
 
 /// Parses the command line, sets up logging on stderr, and runs the subcommand.
@@ -52,6 +56,7 @@ pub fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config::run(&args),
         Command::AlertTest(args) => alert_test::run(&args),
         Command::JournalRelay(args) => journal_relay::run(&args),
+        Command::Incidents(args) => incidents::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,13 +19,22 @@
 //! kind = "webhook"            # "webhook" | "slack" | "alertmanager" | "pagerduty"
 //! url = "http://127.0.0.1:9099/hook"
 //! headers = { Authorization = "env:HOOK_TOKEN" }
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"   # serves /metrics; not served without it
+//! max_units = 50              # units outside [[unit]] named before the rest are "other"
+//!
+//! [history]
+//! path = "/var/lib/detector/incidents.db"
+//! max_age = "30d"
+//! max_incidents = 10000
 //! ```
 //!
 //! Deaths in units not listed are still reported (records and incidents), never restarted.
 //!
 //! One file per section: [`unit`] (`[[unit]]`), [`rules`] (`[[rule]]`), [`alerts`]
-//! (`[[alert]]`: webhook, Slack, Alertmanager, PagerDuty); [`duration`] for the durations they
-//! share.
+//! (`[[alert]]`: webhook, Slack, Alertmanager, PagerDuty), [`metrics`] (`[metrics]`), [`history`]
+//! (`[history]`); [`duration`] for the durations they share.
 //!
 //! - In: the operator's TOML file.
 //! - Out: a checked [`Config`], or a [`ConfigError`] naming file and line.
@@ -34,6 +43,8 @@
 
 pub(crate) mod alerts;
 mod duration;
+pub(crate) mod history;
+pub(crate) mod metrics;
 pub(crate) mod rules;
 #[cfg(test)]
 mod tests;
@@ -46,6 +57,8 @@ use toml::Spanned;
 
 use self::{
     alerts::{AlertSink, RawAlert},
+    history::{History, RawHistory},
+    metrics::{Metrics, RawMetrics},
     rules::{RawRule, Rule},
     unit::RawUnit,
 };
@@ -62,6 +75,8 @@ pub(crate) struct Config {
     pub rules: Vec<Rule>,
     /// Where incidents are announced.
     pub alerts: Vec<AlertSink>,
+    pub metrics: Metrics,
+    pub history: History,
 }
 
 impl Config {
@@ -94,6 +109,8 @@ struct RawConfig {
     health_hosts: Vec<String>,
     #[serde(default)]
     alert: Vec<Spanned<RawAlert>>,
+    metrics: Option<Spanned<RawMetrics>>,
+    history: Option<Spanned<RawHistory>>,
 }
 
 struct Ctx<'a> {
@@ -147,12 +164,13 @@ impl Ctx<'_> {
     }
 }
 
-/// The longest each duration may be: a crash-loop window of a day, an hour for the rest, five
-/// minutes for one health check's timeout.
+/// The longest each duration may be: ten years of history, a crash-loop window of a day, five
+/// minutes for one health check's or one alert's timeout, an hour for the rest.
 fn max_duration(what: &str) -> Duration {
     match what {
+        "history max_age" => Duration::from_hours(24 * 3650),
         "crash_loop window" => Duration::from_hours(24),
-        "health timeout" => Duration::from_mins(5),
+        "health timeout" | "alert timeout" => Duration::from_mins(5),
         _ => Duration::from_hours(1),
     }
 }
@@ -184,6 +202,12 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         config.rules.push(ctx.rule(rule)?);
     }
     config.alerts = ctx.alerts(&raw.alert)?;
+    if let Some(metrics) = &raw.metrics {
+        config.metrics = ctx.metrics(metrics)?;
+    }
+    if let Some(history) = &raw.history {
+        config.history = ctx.history(history)?;
+    }
     Ok(config)
 }
 

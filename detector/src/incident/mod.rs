@@ -182,6 +182,35 @@ impl Incident {
         }
     }
 
+    /// How the incident ended, in one word: `reported`, `gave_up`, `failed` (the bus or systemd
+    /// refused, or the restarted unit failed to start), `healthy` (the health check passed, or
+    /// workers stayed up), `unhealthy` (the check did not pass by its deadline), `active` (up
+    /// again, no check), `died_again`, `down` (systemd did not bring it back), `interrupted`
+    /// (detector stopped), `incomplete`. The last step that says one decides.
+    #[must_use]
+    pub(crate) fn ending(&self) -> &'static str {
+        match self.action {
+            Action::Reported => return "reported",
+            Action::GaveUp => return "gave_up",
+            Action::Failed => return "failed",
+            Action::Restarted | Action::Watched => {}
+        }
+        self.timeline
+            .iter()
+            .rev()
+            .find_map(|s| match s.step {
+                "health_ok" | "workers_stable" => Some("healthy"),
+                "health_failed" => Some("unhealthy"),
+                "restart_failed" => Some("failed"),
+                "died_again" => Some("died_again"),
+                "interrupted" => Some("interrupted"),
+                "unit_inactive" => Some("down"),
+                "unit_active" => Some("active"),
+                _ => None,
+            })
+            .unwrap_or("incomplete")
+    }
+
     /// Counts one more death in this incident.
     pub(crate) fn add_death(&mut self, record: &ExitRecord) {
         self.deaths += 1;

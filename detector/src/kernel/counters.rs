@@ -21,8 +21,8 @@ pub(crate) struct Counters {
     previous: Snapshot,
 }
 
-/// The totals at shutdown.
-#[derive(Debug, Clone, Copy)]
+/// The totals, for the metrics and the summary at shutdown.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Totals {
     pub emitted: u64,
     pub lost: u64,
@@ -58,6 +58,12 @@ impl Counters {
     /// A last report, and the totals.
     pub(crate) fn finish(&mut self) -> Totals {
         self.report();
+        self.totals()
+    }
+
+    /// The totals as of the last report (for the metrics).
+    #[must_use]
+    pub(crate) fn totals(&self) -> Totals {
         let [
             (emitted, _),
             (lost, _),

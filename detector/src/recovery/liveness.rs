@@ -71,7 +71,9 @@ async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: Unbounded
             failed = 0;
             continue;
         };
-        let Err(last) = health::check(recovery.http(&check), &check, check.timeout).await else {
+        let checked = health::check(recovery.http(&check), &check, check.timeout).await;
+        recovery.note_health(unit, checked.is_ok());
+        let Err(last) = checked else {
             failed = 0;
             continue;
         };

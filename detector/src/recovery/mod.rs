@@ -23,7 +23,7 @@ pub(crate) mod systemd;
 mod workers;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -106,6 +106,9 @@ impl Track {
         }
     }
 }
+/// Each health-checked unit's last verdict (true: its check passed), from liveness polls and
+/// the checks after a restart. Shared with whoever reports it (the metrics).
+pub(crate) type HealthBoard = Arc<Mutex<BTreeMap<String, bool>>>;
 
 /// The recovery side of the daemon, shared by the tasks handling deaths.
 pub(crate) struct Recovery {
@@ -117,6 +120,7 @@ pub(crate) struct Recovery {
     /// that follows redirects, for the checks whose configuration asks.
     http: std::sync::OnceLock<reqwest::Client>,
     http_following: std::sync::OnceLock<reqwest::Client>,
+    health: HealthBoard,
 }
 
 /// How a unit failed, for what recovering it takes.
@@ -152,7 +156,22 @@ impl Recovery {
             units: Mutex::new(HashMap::new()),
             http: std::sync::OnceLock::new(),
             http_following: std::sync::OnceLock::new(),
+            health: HealthBoard::default(),
         }
+    }
+
+    /// The units' last health verdicts, for reporting.
+    #[must_use]
+    pub(crate) fn health_board(&self) -> HealthBoard {
+        Arc::clone(&self.health)
+    }
+
+    /// Notes the verdict of `unit`'s latest health check.
+    pub(crate) fn note_health(&self, unit: &str, healthy: bool) {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(unit.to_owned(), healthy);
     }
 
     #[must_use]

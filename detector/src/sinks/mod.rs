@@ -1,23 +1,27 @@
 //! Stage 7, sinks: where finished records and incidents go. JSON lines on [`stdout`],
-//! structured entries in the watched systemd's [`journal`], and the [`alerts`] (webhook, Slack,
-//! Alertmanager, PagerDuty); [`words`] holds the sentences they share. [`Sinks`] is what the main
+//! structured entries in the watched systemd's [`journal`], the [`alerts`] (webhook, Slack,
+//! Alertmanager, PagerDuty), the Prometheus [`metrics`], and the incident [`history`] (SQLite, on
+//! a thread of its own); [`words`] holds the sentences they share. [`Sinks`] is what the main
 //! loop hands records and notices to.
 //!
 //! - In: anything that is done: [`crate::death::record::ExitRecord`]s, and each incident's two
 //!   [`crate::incident::Notice`]s (opened, resolved).
-//! - Out: bytes to the outside world.
+//! - Out: bytes to the outside world: stdout, the journal, receivers, `/metrics`, the history
+//!   database.
 //! - Must not know: how a record was made or how a recovery runs; a sink never changes what it
 //!   is given and never blocks the stages before it: the journal has its thread and the alerts
 //!   their tasks, each behind a bounded queue.
 
 pub(crate) mod alerts;
+pub(crate) mod history;
 pub(crate) mod journal;
+pub(crate) mod metrics;
 pub(crate) mod stdout;
 pub(crate) mod words;
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use self::{alerts::Alerts, journal::Journal, stdout::Stdout};
+use self::{alerts::Alerts, history::History, journal::Journal, metrics::Metrics, stdout::Stdout};
 use crate::{
     config::alerts::AlertSink,
     death::record::ExitRecord,
@@ -75,6 +79,10 @@ pub(crate) struct Sinks {
     json: bool,
     journal: Option<Journal>,
     alerts: Alerts,
+    /// Counts deaths and resolved incidents; `/metrics` serves them.
+    metrics: Arc<Metrics>,
+    /// Writes resolved incidents; None when `[history]` is disabled.
+    history: Option<History>,
 }
 
 impl Sinks {
@@ -85,9 +93,13 @@ impl Sinks {
         (root, manager_pid): (&Path, Option<i32>),
         alerts: &[AlertSink],
         host: &str,
+        metrics: Arc<Metrics>,
+        history: Option<History>,
     ) -> Self {
         let output = output.resolve();
         Self {
+            metrics,
+            history,
             stdout: Stdout::default(),
             json: output.json(),
             journal: output
@@ -100,6 +112,7 @@ impl Sinks {
     /// A death's record: a JSON line (written at the next [`Sinks::flush`]) and a journal entry.
     /// Journal only and its queue full: the JSON line instead, so that nothing is lost.
     pub(crate) fn record(&mut self, record: &ExitRecord) {
+        self.metrics.death(record);
         let queued = self.journal.as_ref().is_some_and(|j| j.exit(record));
         if self.json || !queued {
             self.stdout.push(record);
@@ -110,10 +123,22 @@ impl Sinks {
     /// a JSON line.
     pub(crate) fn notice(&mut self, notice: &Notice) {
         let queued = self.journal.as_ref().is_some_and(|j| j.notice(notice));
-        if notice.phase == Phase::Resolved && (self.json || !queued) {
-            self.stdout.push(&*notice.incident);
+        if notice.phase == Phase::Resolved {
+            if self.json || !queued {
+                self.stdout.push(&*notice.incident);
+            }
+            // One row and one count per incident: when it is over.
+            self.metrics.incident(&notice.incident);
+            if let Some(history) = &self.history {
+                history.push(&notice.incident);
+            }
         }
         self.alerts.notice(notice);
+    }
+
+    /// The metrics, for the kernel's counters and the `/metrics` endpoint.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Writes the JSON lines pushed so far.
@@ -126,6 +151,9 @@ impl Sinks {
         self.stdout.flush();
         if let Some(journal) = self.journal.take() {
             journal.finish();
+        }
+        if let Some(history) = self.history.take() {
+            history.finish();
         }
         self.alerts.finish(ALERTS_GRACE).await;
     }
