@@ -14,6 +14,9 @@
 //!
 //! Raw tracepoints rather than classic ones where we only need the arguments: no record is
 //! formatted for us, which matters on the exit path of every process on the host.
+//!
+//! Over 400 lines with its tests (the last 40): loading is one sequence (offsets, globals, each
+//! hook and its fallback, the maps the programs need at once), read best in one place.
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
 
