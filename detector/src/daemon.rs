@@ -234,6 +234,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
 
+    pipeline.dispatcher.watching().await;
     ready(&hooks, &options.root, &manager_root, &config);
     loop {
         tokio::select! {

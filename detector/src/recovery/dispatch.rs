@@ -36,6 +36,8 @@ pub(crate) struct Dispatcher {
     /// Tasks that live as long as the daemon: one liveness task per unit that asks for it, and
     /// the watcher of systemd's unit states.
     watchers: JoinSet<()>,
+    /// Says when the state watcher follows systemd's signals.
+    following: Option<oneshot::Receiver<()>>,
     /// The watched systemd's PID 1, in our pid namespace, when known.
     manager_pid: Option<i32>,
     incidents: UnboundedSender<Notice>,
@@ -51,12 +53,13 @@ impl Dispatcher {
     ) -> Self {
         let recovery = Arc::new(recovery);
         let mut watchers = super::liveness::spawn(&recovery, &incidents);
-        super::states::spawn(&mut watchers, &recovery, &incidents, &journal);
+        let following = super::states::spawn(&mut watchers, &recovery, &incidents, &journal);
         Self {
             journal,
             recovery,
             tasks: JoinSet::new(),
             watchers,
+            following,
             manager_pid,
             incidents,
         }
@@ -175,6 +178,18 @@ impl Dispatcher {
             failures,
         )));
         self.recovery.set_group(unit, group);
+    }
+
+    /// Waits (a few seconds at most) until systemd's unit states are followed, so that the
+    /// daemon says it is ready only when a unit failing at once would be seen.
+    pub(crate) async fn watching(&mut self) {
+        if let Some(following) = self.following.take()
+            && tokio::time::timeout(Duration::from_secs(5), following)
+                .await
+                .is_err()
+        {
+            tracing::warn!("systemd's unit states are not followed yet; going on without waiting");
+        }
     }
 
     /// The next finished incident task (pending forever while there is none); a task that failed
