@@ -100,7 +100,7 @@ impl Sinks {
         Self {
             metrics,
             history,
-            stdout: Stdout::default(),
+            stdout: Stdout::queued(),
             json: output.json(),
             journal: output
                 .journal()
@@ -148,7 +148,7 @@ impl Sinks {
 
     /// At shutdown: everything pushed goes out; the alert sinks get [`ALERTS_GRACE`].
     pub(crate) async fn finish(mut self) {
-        self.stdout.flush();
+        std::mem::take(&mut self.stdout).finish();
         if let Some(journal) = self.journal.take() {
             journal.finish();
         }
