@@ -80,7 +80,11 @@ impl Daemon {
         let mut child = Command::new(detector_bin())
             .arg("run")
             .args(extra)
-            .env("DETECTOR_LOG", "info")
+            // `DETECTOR_TEST_LOG=debug` for the daemon's debug lines in a failing test's output.
+            .env(
+                "DETECTOR_LOG",
+                std::env::var("DETECTOR_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

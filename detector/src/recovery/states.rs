@@ -12,7 +12,7 @@
 //!
 //! Interfaces: <https://www.freedesktop.org/software/systemd/man/latest/org.freedesktop.systemd1.html>.
 
-use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, num::NonZeroUsize, path::Path, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
 use tokio::{
@@ -145,27 +145,33 @@ impl Watcher {
             .path_namespace("/org/freedesktop/systemd1/unit")
             .build()
             .map_err(|e| e.to_string())?;
-        let mut stream = zbus::MessageStream::for_match_rule(rule, &bus.connection, None)
-            .await
-            .map_err(|e| format!("cannot follow systemd's unit signals: {e}"))?;
+        // The stream is polled without pause (a failed run is handled in a task of its own), and
+        // method calls go over the recovery's own connection: a full stream queue would block
+        // this connection's reader, and a reply waited for here would never come.
+        let mut stream =
+            zbus::MessageStream::for_match_rule(rule, &bus.connection, NonZeroUsize::new(4096))
+                .await
+                .map_err(|e| format!("cannot follow systemd's unit signals: {e}"))?;
+        let reconnected = self.ready.is_none();
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
         }
-        // A configured unit that failed while no signal was followed (before the daemon started,
-        // or while the bus was gone) is found by asking.
-        for policy in recovery
-            .config()
-            .units
-            .iter()
-            .filter(|p| !p.name.contains("@."))
-        {
-            if let Ok(state) = bus.unit(&policy.name).await
-                && state.active_state == "failed"
-            {
-                self.failed_run(&bus, policy.name.clone(), state.invocation_id)
-                    .await;
+        // A configured unit that failed while the bus was gone is found by asking. (Not at the
+        // first start: a unit failed before the daemon ran was reported, if at all, by the one
+        // before it.)
+        if reconnected && let Ok(asked) = recovery.bus().await {
+            for policy in &recovery.config().units {
+                if policy.name.contains("@.") {
+                    continue;
+                }
+                if let Ok(state) = asked.unit(&policy.name).await
+                    && state.active_state == "failed"
+                {
+                    self.failed_run(policy.name.clone(), state.invocation_id);
+                }
             }
         }
+        tracing::debug!("unit states: following systemd's signals");
         while let Some(message) = stream.next().await {
             let Ok(message) = message else { continue };
             let Some(unit) = message
@@ -193,6 +199,7 @@ impl Watcher {
             let active = string(changed.get("ActiveState"));
             let sub = string(changed.get("SubState"));
             let state = (active.clone(), sub.clone());
+            tracing::debug!(unit, ?active, ?sub, "unit states: a change");
             if states.insert(unit.clone(), state.clone()).as_ref() == Some(&state) {
                 continue;
             }
@@ -207,7 +214,14 @@ impl Watcher {
                 .map(|bytes| hex(&bytes));
             let invocation = match signalled {
                 Some(id) => id,
-                None => match bus.unit(&unit).await {
+                None => match self
+                    .recovery
+                    .bus()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .unit(&unit)
+                    .await
+                {
                     Ok(state) => state.invocation_id,
                     Err(e) => {
                         tracing::debug!(unit, error = %e, "unit states: cannot read the failed run");
@@ -215,36 +229,38 @@ impl Watcher {
                     }
                 },
             };
-            self.failed_run(&bus, unit, invocation).await;
+            self.failed_run(unit, invocation);
         }
         Err("systemd's bus closed the connection".to_owned())
     }
 
-    /// Opens an incident for `unit`'s failed run `invocation`, unless one of its deaths did.
-    async fn failed_run(&mut self, bus: &Systemd, unit: String, invocation: Option<String>) {
+    /// Opens an incident for `unit`'s failed run `invocation` (in a task of its own, so that the
+    /// signals are never left unread), unless one of its deaths did.
+    fn failed_run(&mut self, unit: String, invocation: Option<String>) {
         if self.handled.get(&unit) == Some(&invocation) {
             return;
         }
         self.handled.insert(unit.clone(), invocation.clone());
-        tokio::time::sleep(SETTLE).await;
-        if self.recovery.had_incident(&unit, invocation.as_deref()) {
-            return;
-        }
-        let (answer, account) = oneshot::channel();
-        self.journal.ask(journal::Request::Run {
-            unit: unit.clone(),
-            invocation: invocation.clone(),
-            answer,
-        });
-        let progress = Arc::new(Progress::new(
-            opened(&unit, invocation.clone()),
-            self.incidents.clone(),
-        ));
-        self.recovery
-            .own_run(&unit, invocation.as_deref(), &progress);
-        let env_files = bus.environment_files(&unit).await.unwrap_or_default();
         let recovery = Arc::clone(&self.recovery);
+        let incidents = self.incidents.clone();
+        let journal = self.journal.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(SETTLE).await;
+            if recovery.had_incident(&unit, invocation.as_deref()) {
+                return;
+            }
+            let (answer, account) = oneshot::channel();
+            journal.ask(journal::Request::Run {
+                unit: unit.clone(),
+                invocation: invocation.clone(),
+                answer,
+            });
+            let progress = Arc::new(Progress::new(opened(&unit, invocation.clone()), incidents));
+            recovery.own_run(&unit, invocation.as_deref(), &progress);
+            let env_files = match recovery.bus().await {
+                Ok(bus) => bus.environment_files(&unit).await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
             recover(&recovery, &unit, invocation, &progress, account, &env_files).await;
         });
     }
