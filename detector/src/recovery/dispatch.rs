@@ -21,6 +21,9 @@ use crate::{
     journal::{self, causes},
 };
 
+/// Most incidents open at once (each a task until it is written).
+const MAX_OPEN: usize = 1024;
+
 /// At shutdown, how long incidents still being written may take to finish (about one journal
 /// wait); after that they go out as they are, marked `interrupted`.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -31,8 +34,10 @@ pub(crate) struct Dispatcher {
     /// and gathers the failed run's lines.
     journal: journal::Readers,
     recovery: Arc<Recovery>,
-    /// One task per death in a service, until its incident is written.
+    /// One task per death in a service, until its incident is written; at most [`MAX_OPEN`].
     tasks: JoinSet<()>,
+    /// Deaths that opened no incident because [`MAX_OPEN`] were open.
+    coalesced: u64,
     /// Tasks that live as long as the daemon: one liveness task per unit that asks for it, and
     /// the watcher of systemd's unit states.
     watchers: JoinSet<()>,
@@ -58,6 +63,7 @@ impl Dispatcher {
             journal,
             recovery,
             tasks: JoinSet::new(),
+            coalesced: 0,
             watchers,
             following,
             manager_pid,
@@ -82,6 +88,20 @@ impl Dispatcher {
         // A run whose main process died, or that detector stopped: the rest of it dies with it.
         if let Some(owner) = self.recovery.owner(&unit, run) {
             owner.with(|i| i.add_death(record));
+            return false;
+        }
+        // A storm across more units than this: the death keeps its record (and its metrics), but
+        // opens no incident of its own until the open ones drain; counted and said.
+        if self.tasks.len() >= MAX_OPEN {
+            self.coalesced += 1;
+            if self.coalesced == 1 || self.coalesced.is_multiple_of(1000) {
+                tracing::warn!(
+                    coalesced = self.coalesced,
+                    open = self.tasks.len(),
+                    unit,
+                    "too many incidents open at once; deaths past the bound open none of their own"
+                );
+            }
             return false;
         }
         match record.role {
