@@ -187,6 +187,12 @@ impl Daemon {
         self.wait_until(what, |s| s.records.iter().filter(|r| pred(r)).count() >= n);
     }
 
+    /// The daemon's pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the daemon with SIGTERM; returns every record it wrote and its stderr (which ends
     /// with its summary).
     ///
