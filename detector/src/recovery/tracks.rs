@@ -29,7 +29,7 @@ pub(super) struct Track {
     quiet: Option<Run>,
     /// The latest runs that had an incident, open or done: systemd's account of their failure
     /// (the state watcher) is part of it, not another.
-    had_incident: std::collections::VecDeque<Run>,
+    had_incident: std::collections::VecDeque<(Run, Instant)>,
 }
 
 /// A run of a unit, by its invocation id (None: not known).
@@ -40,6 +40,8 @@ struct Run(Option<String>);
 /// first.
 const MAX_OWNED: usize = 8;
 
+/// How long an incident of an unknown run covers the unit's next failed state.
+const UNKNOWN_RUN: Duration = Duration::from_secs(5);
 /// Most units tracked; past it, idle tracks are dropped.
 const MAX_UNITS: usize = 4096;
 /// A track without a restart this long is idle.
@@ -54,11 +56,11 @@ impl Track {
 
     fn remember(&mut self, invocation: Option<&str>) {
         let run = Run(invocation.map(str::to_owned));
-        if !self.had_incident.contains(&run) {
+        if !self.had_incident.iter().any(|(r, _)| *r == run) {
             if self.had_incident.len() >= MAX_OWNED {
                 self.had_incident.pop_front();
             }
-            self.had_incident.push_back(run);
+            self.had_incident.push_back((run, Instant::now()));
         }
     }
 }
@@ -109,9 +111,13 @@ impl Recovery {
     /// `unit` at all, with `invocation` None: then any of its runs).
     pub(crate) fn had_incident(&self, unit: &str, invocation: Option<&str>) -> bool {
         let units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
-        units
-            .get(unit)
-            .is_some_and(|t| t.had_incident.iter().any(|r| r.0.as_deref() == invocation))
+        // A death whose run could not be read (its cgroup gone first, in a storm) covers the
+        // unit's failure seen on the bus just after it.
+        units.get(unit).is_some_and(|t| {
+            t.had_incident.iter().any(|(r, at)| {
+                r.0.as_deref() == invocation || (r.0.is_none() && at.elapsed() < UNKNOWN_RUN)
+            })
+        })
     }
 
     /// Whether a death was ever seen in `unit`.

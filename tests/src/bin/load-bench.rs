@@ -65,6 +65,17 @@ fn storm_across_units() {
             r["kind"] == "incident" && r["journal"].as_array().is_some_and(|j| !j.is_empty())
         })
         .count();
+    // An incident no death opened would be systemd's account of a failure a death's incident
+    // already covered: name any.
+    for extra in records
+        .iter()
+        .filter(|r| r["kind"] == "incident" && r["role"] == "unit")
+    {
+        println!(
+            "load: an incident no death opened: {} run {} ({})",
+            extra["unit"], extra["invocation_id"], extra["cause"]
+        );
+    }
     println!(
         "load: {UNITS} units failing at once: {deaths} death records, {incidents} incidents ({with_lines} with journal lines) in {:.1} s; RSS {before} kB before, {peak} kB after",
         took.as_secs_f64()
