@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::Value;
 use tests::{
-    incidents::{incident_for, journal_has, steps},
+    incidents::{incident_for, incidents_of, journal_has, steps},
     machine::Machine,
 };
 
@@ -129,14 +129,6 @@ fn main_and_workers(machine: &Machine, unit: &str) -> (u32, Vec<u32>) {
     (main, workers)
 }
 
-fn incidents(records: &[Value], unit: &str) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|r| r["kind"] == "incident" && r["unit"] == unit)
-        .cloned()
-        .collect()
-}
-
 fn kill(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])
@@ -182,7 +174,7 @@ fn a_worker_killed_by_another_process_is_one_incident_healed_by_its_supervisor()
         "the supervisor lives on"
     );
     let (records, _) = daemon.stop();
-    assert_eq!(incidents(&records, unit).len(), 1, "{records:?}");
+    assert_eq!(incidents_of(&records, unit).len(), 1, "{records:?}");
 }
 
 #[test]
@@ -228,7 +220,7 @@ fn a_worker_oom_kill_is_a_unit_incident() {
         "{incident}"
     );
     assert_eq!(steps(&incident), ["detected", "health_ok"], "{incident}");
-    assert_eq!(incidents(&records, unit).len(), 1, "{records:?}");
+    assert_eq!(incidents_of(&records, unit).len(), 1, "{records:?}");
 }
 
 #[test]
@@ -270,7 +262,7 @@ fn the_main_killed_is_exactly_one_incident_ending_healthy() {
     // Nothing more comes of it.
     thread::sleep(Duration::from_secs(3));
     let (records, _) = daemon.stop();
-    assert_eq!(incidents(&records, unit).len(), 1, "{records:?}");
+    assert_eq!(incidents_of(&records, unit).len(), 1, "{records:?}");
     for worker in &workers {
         assert_eq!(
             records
@@ -326,7 +318,7 @@ fn every_worker_hung_is_caught_by_liveness_and_restarted() {
         "{incident}"
     );
     let (records, _) = daemon.stop();
-    assert_eq!(incidents(&records, unit).len(), 1, "{records:?}");
+    assert_eq!(incidents_of(&records, unit).len(), 1, "{records:?}");
 }
 
 #[test]
@@ -346,7 +338,7 @@ fn workers_failing_at_import_give_a_bounded_number_of_incidents() {
     // The supervisor keeps respawning; no more incidents come of it.
     thread::sleep(Duration::from_secs(8));
     let (records, _) = daemon.stop();
-    let incidents = incidents(&records, unit);
+    let incidents = incidents_of(&records, unit);
     assert_eq!(incidents.len(), 3, "{incidents:?}");
     let actions: Vec<&str> = incidents
         .iter()
@@ -419,7 +411,7 @@ fn gunicorns_arbiter_giving_up_is_one_incident_per_run() {
     );
     let first_run = incident["invocation_id"].clone();
     let (records, _) = daemon.stop();
-    let of_first_run = incidents(&records, unit)
+    let of_first_run = incidents_of(&records, unit)
         .into_iter()
         .filter(|i| i["invocation_id"] == first_run)
         .count();

@@ -20,31 +20,15 @@ pub(crate) fn metrics() -> Metrics {
     Metrics::new(Arc::new(config), HealthBoard::default())
 }
 
+/// The journal's test death, in `unit`, ended by `signal` (else exit 1).
 pub(crate) fn record(unit: Option<&str>, signal: Option<&str>) -> ExitRecord {
-    ExitRecord {
-        kind: "exit",
-        time: "2026-11-24T22:37:33.766464Z".into(),
-        pid: 10,
-        ppid: 1,
-        tid: 10,
-        comm: "python3".into(),
-        cgroup: None,
-        cgroup_id: 1,
-        unit: unit.map(str::to_owned),
-        user_unit: None,
-        invocation_id: None,
-        role: Some("main"),
-        exit_code: signal.is_none().then_some(1),
-        signal: signal.map(str::to_owned),
-        core_dumped: false,
-        wait_status: 9,
-        oom: None,
-        killed_by: None,
-        latency_us: 0,
-        ktime_ns: 0,
-        spawned: true,
-        ns_pid: 0,
-    }
+    let mut record = crate::journal::causes::tests::record();
+    record.time = "2026-11-24T22:37:33.766464Z".into();
+    record.unit = unit.map(str::to_owned);
+    record.exit_code = signal.is_none().then_some(1);
+    record.signal = signal.map(str::to_owned);
+    record.wait_status = 9;
+    record
 }
 
 /// A `web.service` incident restarted by detector and healthy after `healthy_ms`.
