@@ -6,21 +6,24 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
+    sync::mpsc::UnboundedReceiver,
 };
 
 use crate::{
     config::Config,
     death::correlate::correlate,
+    incident::Incident,
     journal,
     kernel::{
         clock::{self, Clock},
-        counters::Counters,
+        counters::{Counters, Lost},
         decode::{Event, decode},
-        probes::{self, Probes},
+        overlap::Overlap,
+        probes::{self, Attached, Backlog, Probes},
+        ring::Ring,
     },
     recovery::{self, Dispatcher, Recovery},
     sinks::stdout::Stdout,
@@ -49,6 +52,8 @@ pub(crate) struct Options {
     pub journal_lines: usize,
     /// Unit policies and cause rules.
     pub config: Config,
+    /// Pin the kernel programs here, so that they outlive the daemon (`--pin-dir`).
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// Everything after the ring buffer.
@@ -57,6 +62,8 @@ struct Pipeline {
     cgroups: CgroupResolver,
     roles: Roles,
     stdout: Stdout,
+    /// While a new build takes over pinned programs: deaths the old ring already had.
+    overlap: Option<Overlap>,
     received: u64,
     undecodable: u64,
 }
@@ -64,7 +71,7 @@ struct Pipeline {
 impl Pipeline {
     /// Drains, then keeps draining every [`BUSY_PAUSE`] while records keep coming. A death a
     /// recovery may act on at once ends the stretch: its recovery runs on this thread.
-    fn drain_burst(&mut self, ring: &mut RingBuf<MapData>) {
+    fn drain_burst(&mut self, ring: &mut Ring) {
         let start = std::time::Instant::now();
         loop {
             let (read, urgent) = self.drain(ring);
@@ -79,66 +86,127 @@ impl Pipeline {
 
     /// Reads everything in the ring buffer; returns how many records it read, and whether a
     /// recovery wants to run at once.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> (usize, bool) {
-        let clock = Clock::now();
-        let (mut read, mut pending, mut urgent) = (0, 0, false);
-        while let Some(item) = ring.next() {
-            read += 1;
-            match decode(&item) {
-                Ok(Event::Death(event)) => {
-                    self.received += 1;
-                    let mut record = correlate(&event);
-                    self.cgroups.enrich(&mut record);
-                    self.roles.assign(&mut record);
-                    record.time = clock.rfc3339(record.ktime_ns);
-                    record.latency_us =
-                        clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
-                    self.stdout.push(&record);
-                    urgent |= self.dispatcher.death(&record);
-                    pending += 1;
-                    if pending == FLUSH_EVERY {
-                        self.stdout.flush();
-                        pending = 0;
-                    }
-                }
-                Ok(Event::CgroupMkdir { id, path }) => self.cgroups.created(id, path),
-                Ok(Event::CgroupRmdir { id }) => self.cgroups.removed(id),
-                Err(e) => {
-                    self.undecodable += 1;
-                    tracing::warn!(error = %e, len = item.len(), "skipping an undecodable kernel record");
-                }
+    fn drain(&mut self, ring: &mut Ring) -> (usize, bool) {
+        self.drain_ring(ring, false)
+    }
+
+    /// Reads an older generation's ring before ours: its records, or what they cost.
+    fn drain_backlog(&mut self, mut backlog: Backlog) {
+        if backlog.lost > 0 {
+            self.stdout
+                .push(&Lost::new(backlog.lost, "ring_buffer_full"));
+        }
+        if backlog.decodable {
+            self.drain_ring(&mut backlog.ring, true);
+        } else {
+            let mut records = 0;
+            while backlog.ring.next().is_some() {
+                records += 1;
+            }
+            backlog.ring.commit();
+            if records > 0 {
+                tracing::warn!(
+                    records,
+                    "records of a build with other layouts were left in its ring: counted as lost"
+                );
+                self.stdout.push(&Lost::new(records, "incompatible_build"));
             }
         }
         self.stdout.flush();
-        (read, urgent)
+    }
+
+    /// Reads `ring` to its end, writing records in batches; each batch is given back to the
+    /// kernel only once written, so a daemon killed meanwhile leaves it for the next one.
+    fn drain_ring(&mut self, ring: &mut Ring, older: bool) -> (usize, bool) {
+        let clock = Clock::now();
+        let (mut read, mut pending, mut urgent) = (0, 0, false);
+        loop {
+            while let Some(item) = ring.next() {
+                read += 1;
+                match decode(item) {
+                    Ok(Event::Death(event)) => {
+                        if let Some(overlap) = &mut self.overlap {
+                            if older {
+                                overlap.note(&event);
+                            } else if !overlap.is_new(&event) {
+                                continue;
+                            }
+                        }
+                        self.received += 1;
+                        let mut record = correlate(&event);
+                        self.cgroups.enrich(&mut record);
+                        self.roles.assign(&mut record);
+                        record.time = clock.rfc3339(record.ktime_ns);
+                        record.latency_us =
+                            clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
+                        self.stdout.push(&record);
+                        urgent |= self.dispatcher.death(&record);
+                        pending += 1;
+                        if pending == FLUSH_EVERY {
+                            self.stdout.flush();
+                            ring.commit();
+                            pending = 0;
+                        }
+                    }
+                    Ok(Event::CgroupMkdir { id, path }) => self.cgroups.created(id, path),
+                    Ok(Event::CgroupRmdir { id }) => self.cgroups.removed(id),
+                    Err(e) => {
+                        self.undecodable += 1;
+                        tracing::warn!(error = %e, "skipping an undecodable kernel record");
+                    }
+                }
+            }
+            self.stdout.flush();
+            ring.commit();
+            // A record committed while we held back the ring's position woke nobody.
+            if !ring.ready() {
+                return (read, urgent);
+            }
+        }
     }
 }
 
-pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
+/// The daemon once started: the pipeline, the ring it reads, the counters, and the incidents
+/// its recoveries finish.
+struct Started {
+    /// The programs stay attached (and the pins locked) while this lives.
+    attached: Attached,
+    pipeline: Pipeline,
+    ring: AsyncFd<Ring>,
+    counters: Counters,
+    incidents: UnboundedReceiver<Incident>,
+}
+
+/// Loads (or reattaches to) the kernel programs, builds the pipeline, and reads what the kernel
+/// wrote while no daemon read.
+async fn start(options: &Options) -> anyhow::Result<Started> {
     let manager_root = manager::cgroup(&options.root).unwrap_or_else(|e| {
         // Deaths are still worth reporting without unit names.
         tracing::warn!("{e:#}; units are named as if systemd managed the whole cgroup tree");
         "/".to_owned()
     });
     let manager_pid = manager::pid(&options.root);
-    let Probes { mut ebpf, hooks } = probes::load(options.ringbuf_bytes, manager_pid)?;
+    let Probes {
+        ring,
+        mut counters,
+        hooks,
+        backlog,
+        overlap,
+        reattached,
+        attached,
+    } = probes::load(&probes::Options {
+        ringbuf_bytes: options.ringbuf_bytes,
+        manager_pid,
+        pin_dir: options.pin_dir.clone(),
+    })?;
     for note in &hooks.degraded {
         tracing::warn!("{note}");
     }
-    let ring = ebpf
-        .take_map("EVENTS")
-        .context("kernel object has no EVENTS map")?;
-    let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
-    let counters = ebpf
-        .take_map("COUNTERS")
-        .context("kernel object has no COUNTERS map")?;
-    let mut counters =
-        Counters::new(PerCpuArray::try_from(counters).context("COUNTERS is not a per-CPU array")?);
-    // SAFETY: `RingBuf` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
-    // owns the `RingBuf`) is dropped.
+    // SAFETY: `Ring` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
+    // owns the `Ring`) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let (incidents_tx, mut incidents) = tokio::sync::mpsc::unbounded_channel();
+    let (incidents_tx, incidents) = tokio::sync::mpsc::unbounded_channel();
     let config = Arc::new(options.config.clone());
     let journal = journal::spawn(journal::Options {
         root: options.root.clone(),
@@ -164,18 +232,26 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             spawns_tracked: hooks.spawns.is_some(),
         },
         stdout: Stdout::default(),
+        overlap: overlap.map(Overlap::new),
         received: 0,
         undecodable: 0,
     };
     // After the probes: a cgroup created during the scan is also in the ring buffer.
     let known = pipeline.cgroups.scan();
     tracing::debug!(cgroups = known, "learned the cgroup2 tree");
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-
+    // What the kernel wrote while no daemon read: older builds' rings, then ours, and what did
+    // not fit in them.
+    for backlog in backlog {
+        pipeline.drain_backlog(backlog);
+    }
+    if let Some(lost) = counters.report() {
+        pipeline.stdout.push(&lost);
+    }
+    let (backlog_records, _) = pipeline.drain(ring.get_mut());
     tracing::info!(
         exit = hooks.exit,
+        reattached,
+        backlog_records,
         spawns = hooks.spawns.unwrap_or("none"),
         oom = hooks.oom.unwrap_or("none"),
         cgroups = hooks.cgroups.unwrap_or("none"),
@@ -183,6 +259,26 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         manager_cgroup = manager_root,
         "detector ready: watching process deaths"
     );
+    Ok(Started {
+        attached,
+        pipeline,
+        ring,
+        counters,
+        incidents,
+    })
+}
+
+pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
+    let Started {
+        attached,
+        mut pipeline,
+        mut ring,
+        mut counters,
+        mut incidents,
+    } = start(&options).await?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -191,7 +287,13 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 pipeline.drain_burst(guard.get_inner_mut());
             }
             _ = tick.tick() => {
-                counters.report();
+                if let Some(lost) = counters.report() {
+                    pipeline.stdout.push(&lost);
+                    pipeline.stdout.flush();
+                }
+                if pipeline.overlap.as_ref().is_some_and(|o| !o.open(clock::monotonic_ns())) {
+                    pipeline.overlap = None;
+                }
                 pipeline.cgroups.sweep(std::time::Instant::now());
             }
             Some(incident) = incidents.recv() => {
@@ -207,8 +309,11 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     for incident in pipeline.dispatcher.finish(&mut incidents).await {
         pipeline.stdout.push(&incident);
     }
+    let (totals, lost) = counters.finish();
+    if let Some(lost) = lost {
+        pipeline.stdout.push(&lost);
+    }
     pipeline.stdout.flush();
-    let totals = counters.finish();
     tracing::info!(
         emitted = totals.emitted,
         received = pipeline.received,
@@ -218,5 +323,6 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         undecodable = pipeline.undecodable,
         "detector stopped"
     );
+    drop(attached);
     Ok(())
 }

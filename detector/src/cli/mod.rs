@@ -6,6 +6,7 @@
 
 mod check_config;
 mod run;
+mod unpin;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ enum Command {
     Run(run::Args),
     /// Check a configuration file; name the line of any error.
     CheckConfig(check_config::Args),
+    /// Detach the kernel programs `run --pin-dir` left running, and remove their pins.
+    Unpin(unpin::Args),
 }
 
 /// Parses the command line, sets up logging on stderr, and runs the subcommand.
@@ -42,6 +45,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(&args),
+        Command::Unpin(args) => unpin::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

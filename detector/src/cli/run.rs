@@ -26,6 +26,12 @@ pub(super) struct Args {
     /// Unit policies and cause rules (TOML; see `detector check-config`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Pin the kernel programs, their links and maps in this bpffs directory (the package uses
+    /// /sys/fs/bpf/detector): they keep running while no daemon does, and the next daemon reads
+    /// first what they wrote meanwhile. Without it, the programs detach when the daemon exits.
+    /// `detector unpin` removes the pins.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
 }
 
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
@@ -69,6 +75,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         root,
         journal_lines,
         config,
+        pin_dir,
     } = args;
     let config = config
         .as_deref()
@@ -82,6 +89,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         root,
         journal_lines,
         config,
+        pin_dir,
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
