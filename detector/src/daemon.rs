@@ -22,6 +22,7 @@ use crate::{
         counters::{Counters, Lost},
         decode::{Event, decode},
         overlap::Overlap,
+        privileges,
         probes::{self, Attached, Backlog, Probes},
         ring::Ring,
     },
@@ -202,6 +203,9 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     for note in &hooks.degraded {
         tracing::warn!("{note}");
     }
+    // Before any other thread starts (capabilities are per thread, and inherited).
+    let kept = privileges::drop_all_but_kept()?;
+    tracing::info!(kept = ?kept, "dropped every other capability");
     // SAFETY: `Ring` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
     // owns the `Ring`) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -269,6 +273,9 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
 }
 
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
+    // Before "ready": a stop requested right after it must find the handlers in place.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let Started {
         attached,
         mut pipeline,
@@ -276,8 +283,6 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         mut counters,
         mut incidents,
     } = start(&options).await?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {

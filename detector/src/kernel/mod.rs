@@ -18,6 +18,7 @@ mod maps;
 mod offsets;
 pub(crate) mod overlap;
 pub(crate) mod pins;
+pub(crate) mod privileges;
 pub(crate) mod probes;
 pub(crate) mod ring;
 pub(crate) mod tracefs;
