@@ -6,6 +6,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use sd_notify::NotifyState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -13,7 +14,7 @@ use tokio::{
 };
 
 use crate::{
-    config::Config,
+    config::{Config, Live},
     death::correlate::correlate,
     incident::Incident,
     journal,
@@ -53,6 +54,8 @@ pub(crate) struct Options {
     pub journal_lines: usize,
     /// Unit policies and cause rules.
     pub config: Config,
+    /// Where they came from, read again on SIGHUP.
+    pub config_path: Option<PathBuf>,
     /// Pin the kernel programs here, so that they outlive the daemon (`--pin-dir`).
     pub pin_dir: Option<PathBuf>,
 }
@@ -211,7 +214,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let (incidents_tx, incidents) = tokio::sync::mpsc::unbounded_channel();
-    let config = Arc::new(options.config.clone());
+    let config = Arc::new(Live::new(options.config.clone()));
     let journal = journal::spawn(journal::Options {
         root: options.root.clone(),
         lines: options.journal_lines,
@@ -272,10 +275,18 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     })
 }
 
+/// Tells systemd (`Type=notify`), when it started us; a no-op otherwise.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "cannot notify systemd");
+    }
+}
+
 pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     // Before "ready": a stop requested right after it must find the handlers in place.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let Started {
         attached,
         mut pipeline,
@@ -283,7 +294,17 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         mut counters,
         mut incidents,
     } = start(&options).await?;
+    // Probes attached, units named, backlog read.
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("watching process deaths"),
+    ]);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Pinged from this loop, the one that reads the ring buffer: a reader stuck anywhere in it
+    // (a stdout nobody drains, a bug) misses the pings, and systemd restarts the daemon, which
+    // with pins loses nothing.
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_hours(1), |d| d / 2));
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -306,10 +327,17 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 pipeline.stdout.flush();
             }
             () = pipeline.dispatcher.join_next() => {}
+            _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+            _ = sighup.recv() => {
+                notify(&[NotifyState::Reloading]);
+                pipeline.dispatcher.reload(options.config_path.as_deref());
+                notify(&[NotifyState::Ready]);
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
+    notify(&[NotifyState::Stopping]);
     pipeline.drain(ring.get_mut());
     for incident in pipeline.dispatcher.finish(&mut incidents).await {
         pipeline.stdout.push(&incident);

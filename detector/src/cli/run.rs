@@ -77,7 +77,8 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         config,
         pin_dir,
     } = args;
-    let config = config
+    let config_path = config;
+    let config = config_path
         .as_deref()
         .map(config::load)
         .transpose()?
@@ -89,6 +90,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         root,
         journal_lines,
         config,
+        config_path,
         pin_dir,
     };
     tokio::runtime::Builder::new_current_thread()

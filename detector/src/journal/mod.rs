@@ -32,7 +32,7 @@ use systemd::journal::Journal;
 use tokio::sync::oneshot;
 
 use crate::{
-    config::{Config, rules::Rule},
+    config::{Live, rules::Rule},
     death::record::ExitRecord,
     kernel::clock::Clock,
     unit::{names, ports},
@@ -50,8 +50,8 @@ pub(crate) struct Options {
     pub lines: usize,
     /// How long to wait for PID 1's account of a death.
     pub wait: Duration,
-    /// Unit policies and the operator's cause rules.
-    pub config: Arc<Config>,
+    /// Unit policies and the operator's cause rules, as reloaded.
+    pub config: Arc<Live>,
     /// The cgroup the watched systemd manages, for naming the unit that holds a port.
     pub manager_root: String,
     /// A process in the watched systemd's network namespace, for finding who holds a port.
@@ -95,18 +95,37 @@ struct Reader {
     options: Options,
     /// The operator's rules, then the built-in ones.
     rules: Vec<Rule>,
+    /// The configuration's version the rules were built from.
+    rules_version: u64,
     journal: Option<Journal>,
     last_error: String,
 }
 
+/// The operator's rules from `config`, then the built-in ones.
+fn rules(config: &Live) -> (Vec<Rule>, u64) {
+    let version = config.version();
+    let mut rules = config.get().rules.clone();
+    rules.extend(causes::builtin());
+    (rules, version)
+}
+
 impl Reader {
+    /// The rules of the configuration in force, built again after a reload.
+    fn refresh_rules(&mut self) {
+        if self.options.config.version() != self.rules_version {
+            (self.rules, self.rules_version) = rules(&self.options.config);
+        }
+    }
+
     /// What the journal says about a run of `unit` that systemd failed without a death: its
     /// lines, and the cause they (or systemd's `Result=`) tell.
     fn run(&mut self, unit: &str, invocation: Option<String>) -> Account {
         self.ensure_open();
+        self.refresh_rules();
         let n = self
             .options
             .config
+            .get()
             .policy(unit)
             .map_or(self.options.lines, |p| p.journal_lines);
         let lines = match self
@@ -158,7 +177,9 @@ impl Reader {
                 Err(_) => {}
             }
         }
-        let policy = self.options.config.policy(unit);
+        self.refresh_rules();
+        let config = self.options.config.get();
+        let policy = config.policy(unit);
         let n = policy.map_or(self.options.lines, |p| p.journal_lines);
         let startup_grace = policy.map_or(STARTUP_GRACE, |p| p.startup_grace);
         // Without a journal we cannot tell the main process: every death in a service counts.
@@ -281,8 +302,7 @@ fn lower_priority() {
 #[must_use]
 pub(crate) fn spawn(options: Options) -> mpsc::Sender<Request> {
     let (tx, rx) = mpsc::channel::<Request>();
-    let mut rules = options.config.rules.clone();
-    rules.extend(causes::builtin());
+    let (rules, rules_version) = rules(&options.config);
     // sd-journal handles must stay on the thread that opened them: build the reader there.
     let spawned = thread::Builder::new()
         .name("journal".into())
@@ -291,6 +311,7 @@ pub(crate) fn spawn(options: Options) -> mpsc::Sender<Request> {
             let mut reader = Reader {
                 options,
                 rules,
+                rules_version,
                 journal: None,
                 last_error: String::new(),
             };
