@@ -5,6 +5,7 @@
 //! the nightly rustc's own LLVM (so the bitcode it links is one LLVM version).
 
 mod bench;
+mod fuzz;
 mod package;
 mod setup;
 
@@ -43,6 +44,12 @@ enum Cmd {
     Bench,
     /// The Debian package (cargo-deb): binary, unit, default configuration, state directory.
     Package,
+    /// Runs each cargo-fuzz target (record decoder, configuration, journal rules) for a while.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 /// The workspace root (xtask's parent directory).
@@ -173,6 +180,7 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => test(&args),
         Cmd::Package => package::deb().map(drop),
+        Cmd::Fuzz { seconds } => fuzz::all(seconds),
         Cmd::Bench => {
             require_root("the benchmarks")?;
             setup::host_for_tests()?;

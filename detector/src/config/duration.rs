@@ -2,7 +2,12 @@
 
 use std::time::Duration;
 
-/// `200ms`, `1s`, `5m`, `1h`.
+/// The longest duration a configuration may give: a week. The daemon adds durations to the
+/// current time, which overflows (and panics) for the longest ones `u64` can write; found by
+/// fuzzing the configuration (`fuzz/corpus/config/long-durations.toml`).
+pub(crate) const MAX: Duration = Duration::from_hours(168);
+
+/// `200ms`, `1s`, `5m`, `1h`; at most [`MAX`].
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
@@ -12,11 +17,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(split);
     let n: u64 = number.parse().map_err(|_| bad())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad),
-        "h" => n.checked_mul(3600).map(Duration::from_secs).ok_or_else(bad),
-        _ => Err(bad()),
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => n.checked_mul(60).map(Duration::from_secs).ok_or_else(bad)?,
+        "h" => n
+            .checked_mul(3600)
+            .map(Duration::from_secs)
+            .ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    if duration > MAX {
+        return Err(format!(
+            "`{text}` is longer than a week (168h), the longest detector takes"
+        ));
     }
+    Ok(duration)
 }

@@ -45,7 +45,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub(crate) use self::{
-    duration::parse_duration,
+    duration::{MAX as MAX_DURATION, parse_duration},
     unit::{CrashLoop, DEFAULT_JOURNAL_LINES, Health, RestartMode, UnitPolicy},
 };
 use self::{

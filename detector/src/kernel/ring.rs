@@ -98,10 +98,6 @@ pub(crate) struct Ring {
     read: usize,
 }
 
-// SAFETY: the mappings are plain shared memory owned by this value; every access to what the
-// kernel shares goes through atomics.
-unsafe impl Send for Ring {}
-
 impl Ring {
     pub(crate) fn new(map: MapData) -> Result<Self, RingError> {
         let size = map.info().map_err(RingError::Info)?.max_entries();

@@ -189,7 +189,12 @@ impl Systemd {
         if unit.ends_with(".service") && state.load_state == "loaded" {
             let service: ServiceProxy<'static> = self.proxy(unit, path).await?;
             state.restart = service.restart().await.ok();
-            state.restart_sec = service.restart_usec().await.ok().map(Duration::from_micros);
+            // `RestartSec=infinity` is u64::MAX µs: the waits built on it must not overflow.
+            state.restart_sec = service
+                .restart_usec()
+                .await
+                .ok()
+                .map(|us| Duration::from_micros(us).min(crate::config::MAX_DURATION));
             state.n_restarts = service.n_restarts().await.ok();
             state.result = service.result().await.ok();
         }
