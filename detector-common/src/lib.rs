@@ -239,6 +239,39 @@ pub const LAYOUTS: [u32; 14] = [
     align_of::<Watch>() as u32,
 ];
 
+/// How many field names follow: for the length of [`FIELD_OFFSETS`].
+macro_rules! count {
+    () => { 0 };
+    ($first:ident $($rest:ident)*) => { 1 + count!($($rest)*) };
+}
+
+/// The offsets of every field of the records, in a fixed order.
+macro_rules! field_offsets {
+    ($($t:ty { $($field:ident),* $(,)? })*) => {
+        /// The byte offset of every field of the shared records and globals, in a fixed order.
+        /// The kernel object exports the same table as built by the BPF compiler
+        /// (`DETECTOR_FIELD_OFFSETS`), and a daemon test compares the two: a field the two
+        /// compilers place differently fails that test, which sizes alone would not catch.
+        pub const FIELD_OFFSETS: [u32; 0 $($(+ count!($field))*)*] =
+            [$($(core::mem::offset_of!($t, $field) as u32),*),*];
+    };
+}
+
+field_offsets! {
+    EventHeader { kind, size }
+    SignalSender { ktime_ns, pid, tid, signo, code, kernel, pad0, comm }
+    OomInfo {
+        ktime_ns, total_vm_kb, anon_rss_kb, file_rss_kb, shmem_rss_kb, memcg_id, fields,
+        constraint, oom_score_adj, victim_tid, trigger_pid, trigger_tid, trigger_comm, memcg_name,
+    }
+    DeathEvent {
+        header, flags, wait_status, ktime_ns, cgroup_id, pid, tid, ppid, ns_pid, comm, sender, oom,
+    }
+    CgroupEvent { header, id, level, path_len, path }
+    Watch { manager_tgid, pad0, pidns_dev, pidns_ino }
+    SenderKey { tgid, signo }
+}
+
 /// Key of the pending-signal map: one slot per (thread group, signal) so that a later harmless
 /// signal (SIGCHLD, say) does not overwrite who sent the fatal one.
 #[repr(C)]
@@ -335,15 +368,19 @@ pub const ABSENT: u32 = u32::MAX;
 // SAFETY: `Offsets` is `repr(C)`, all `u32`, no padding, valid for any bit pattern.
 unsafe impl aya::Pod for Offsets {}
 
+// SAFETY (the three below): `repr(C)` records of integers and integer arrays, every padding
+// byte a named field (their sizes are asserted above), so any bit pattern is a valid value:
+// the daemon decodes them from ring-buffer bytes.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for EventHeader {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DeathEvent {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CgroupEvent {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layouts_table_matches_types() {
-        assert_eq!(LAYOUTS[6] as usize, size_of::<DeathEvent>());
-        assert_eq!(LAYOUTS[0] as usize, size_of::<EventHeader>());
-    }
 
     #[test]
     fn flag_bits_do_not_overlap() {

@@ -43,6 +43,14 @@ static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 #[used]
 static DETECTOR_LAYOUTS: [u32; detector_common::LAYOUTS.len()] = detector_common::LAYOUTS;
 
+/// Offsets of every field of the shared types as the BPF compiler laid them out; the daemon's
+/// tests compare them with its own (`detector_common::FIELD_OFFSETS`).
+// SAFETY: the unmangled name is unique in this object; the daemon's test finds it by name.
+#[unsafe(no_mangle)]
+#[used]
+static DETECTOR_FIELD_OFFSETS: [u32; detector_common::FIELD_OFFSETS.len()] =
+    detector_common::FIELD_OFFSETS;
+
 // Hand-written rather than aya's `ebpf-panic`: that crate is the same loop, but it is not
 // published on crates.io (`publish = false` in aya's workspace), and a git dependency is out of
 // reach of this project's machines.

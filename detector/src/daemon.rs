@@ -1,7 +1,10 @@
 //! `detector run` wired together: probes → ring buffer → decode → correlate → enrich → sinks for
-//! every death; deaths in services go on to the recovery's dispatcher, whose incidents come back
-//! here for the sinks. Each stage's logic lives in its folder; this file only connects them and
-//! runs the loop.
+//! every death; deaths in services go on to the recovery's dispatcher, whose incidents' notices
+//! (opened, resolved) come back here for the sinks. Each stage's logic lives in its folder; this
+//! file only connects them and runs the loop.
+//!
+//! Over 400 lines: start-up (pins and their backlog, privileges, sinks, metrics, history) and the
+//! loop (ring, ticks, notices, watchdog, SIGHUP) are one sequence, read best in one place.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -16,7 +19,7 @@ use tokio::{
 use crate::{
     config::{Config, Live},
     death::correlate::correlate,
-    incident::Incident,
+    incident::Notice,
     journal,
     kernel::{
         clock::{self, Clock},
@@ -28,7 +31,12 @@ use crate::{
         ring::Ring,
     },
     recovery::{self, Dispatcher, Recovery},
-    sinks::stdout::Stdout,
+    sinks::{
+        Output, Sinks,
+        history::History,
+        metrics::{Metrics, server},
+        words,
+    },
     unit::{cgroups::CgroupResolver, manager, roles::Roles},
 };
 
@@ -52,12 +60,14 @@ pub(crate) struct Options {
     pub root: PathBuf,
     /// How many journal lines an incident carries (unless a unit's policy says).
     pub journal_lines: usize,
-    /// Unit policies and cause rules.
+    /// Unit policies, cause rules and alert sinks.
     pub config: Config,
     /// Where they came from, read again on SIGHUP.
     pub config_path: Option<PathBuf>,
     /// Pin the kernel programs here, so that they outlive the daemon (`--pin-dir`).
     pub pin_dir: Option<PathBuf>,
+    /// Where records and incidents are written.
+    pub output: Output,
 }
 
 /// Everything after the ring buffer.
@@ -65,7 +75,7 @@ struct Pipeline {
     dispatcher: Dispatcher,
     cgroups: CgroupResolver,
     roles: Roles,
-    stdout: Stdout,
+    sinks: Sinks,
     /// While a new build takes over pinned programs: deaths the old ring already had.
     overlap: Option<Overlap>,
     received: u64,
@@ -97,8 +107,8 @@ impl Pipeline {
     /// Reads an older generation's ring before ours: its records, or what they cost.
     fn drain_backlog(&mut self, mut backlog: Backlog) {
         if backlog.lost > 0 {
-            self.stdout
-                .push(&Lost::new(backlog.lost, "ring_buffer_full"));
+            self.sinks
+                .lost(&Lost::new(backlog.lost, "ring_buffer_full"));
         }
         if backlog.decodable {
             self.drain_ring(&mut backlog.ring, true);
@@ -113,14 +123,15 @@ impl Pipeline {
                     records,
                     "records of a build with other layouts were left in its ring: counted as lost"
                 );
-                self.stdout.push(&Lost::new(records, "incompatible_build"));
+                self.sinks.lost(&Lost::new(records, "incompatible_build"));
             }
         }
-        self.stdout.flush();
+        self.sinks.flush();
     }
 
-    /// Reads `ring` to its end, writing records in batches; each batch is given back to the
-    /// kernel only once written, so a daemon killed meanwhile leaves it for the next one.
+    /// Reads `ring` to its end, handing records to the sinks in batches; each batch is given
+    /// back to the kernel only once the sinks took it, so a daemon killed meanwhile leaves it
+    /// for the next one.
     fn drain_ring(&mut self, ring: &mut Ring, older: bool) -> (usize, bool) {
         let clock = Clock::now();
         let (mut read, mut pending, mut urgent) = (0, 0, false);
@@ -143,11 +154,11 @@ impl Pipeline {
                         record.time = clock.rfc3339(record.ktime_ns);
                         record.latency_us =
                             clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
-                        self.stdout.push(&record);
+                        self.sinks.record(&record);
                         urgent |= self.dispatcher.death(&record);
                         pending += 1;
                         if pending == FLUSH_EVERY {
-                            self.stdout.flush();
+                            self.sinks.flush();
                             ring.commit();
                             pending = 0;
                         }
@@ -160,7 +171,7 @@ impl Pipeline {
                     }
                 }
             }
-            self.stdout.flush();
+            self.sinks.flush();
             ring.commit();
             // A record committed while we held back the ring's position woke nobody.
             if !ring.ready() {
@@ -168,21 +179,73 @@ impl Pipeline {
             }
         }
     }
+
+    /// After the last drain: the incidents still open go out, the sinks send what they hold,
+    /// and the totals are logged.
+    async fn stop(mut self, mut counters: Counters, incidents: &mut UnboundedReceiver<Notice>) {
+        for notice in self.dispatcher.finish(incidents).await {
+            self.sinks.notice(&notice);
+        }
+        let (totals, lost) = counters.finish();
+        if let Some(lost) = lost {
+            self.sinks.lost(&lost);
+        }
+        self.sinks.finish().await;
+        tracing::info!(
+            emitted = totals.emitted,
+            received = self.received,
+            lost = totals.lost,
+            read_failures = totals.read_failures,
+            map_failures = totals.map_failures,
+            undecodable = self.undecodable,
+            "detector stopped"
+        );
+    }
 }
 
-/// The daemon once started: the pipeline, the ring it reads, the counters, and the incidents
-/// its recoveries finish.
+/// The metrics, and the history's writer unless `[history]` is disabled.
+fn measures(config: &Arc<Config>, recovery: &Recovery) -> (Arc<Metrics>, Option<History>) {
+    let metrics = Arc::new(Metrics::new(Arc::clone(config), recovery.health_board()));
+    // The sink's counters exist only with the sink: a disabled history exports none.
+    let history = config
+        .history
+        .path
+        .as_ref()
+        .and_then(|_| History::spawn(&config.history, metrics.sink("history")));
+    (metrics, history)
+}
+
+/// Serves `/metrics` if the configuration asks; a port that cannot be had is logged, and the
+/// daemon goes on without it.
+async fn serve_metrics(
+    listen: Option<std::net::SocketAddr>,
+    metrics: &Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match server::bind(listen?).await {
+        Ok(listener) => Some(tokio::spawn(server::serve(listener, Arc::clone(metrics)))),
+        Err(e) => {
+            tracing::error!("{e:#}; running without the metrics endpoint");
+            None
+        }
+    }
+}
+
+/// The daemon once started: the pipeline, the ring it reads, the counters, and the notices of
+/// the incidents its recoveries open and finish.
 struct Started {
     /// The programs stay attached (and the pins locked) while this lives.
     attached: Attached,
     pipeline: Pipeline,
     ring: AsyncFd<Ring>,
     counters: Counters,
-    incidents: UnboundedReceiver<Incident>,
+    incidents: UnboundedReceiver<Notice>,
+    /// The `/metrics` server, when the configuration asks for one.
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Loads (or reattaches to) the kernel programs, builds the pipeline, and reads what the kernel
-/// wrote while no daemon read.
+/// Loads (or reattaches to) the kernel programs, builds the pipeline and its sinks, reads what
+/// the kernel wrote while no daemon read, and says ready once systemd's unit states are
+/// followed.
 async fn start(options: &Options) -> anyhow::Result<Started> {
     let manager_root = manager::cgroup(&options.root).unwrap_or_else(|e| {
         // Deaths are still worth reporting without unit names.
@@ -206,39 +269,50 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     for note in &hooks.degraded {
         tracing::warn!("{note}");
     }
+    // The one thread started before: the journal writer, whose relay enters a machine's pid
+    // namespace; it drops its own capabilities once the relay runs.
+    let journal_sink = Sinks::journal(options.output, (&options.root, manager_pid));
     // Before any other thread starts (capabilities are per thread, and inherited).
     let kept = privileges::drop_all_but_kept()?;
     tracing::info!(kept = ?kept, "dropped every other capability");
     // SAFETY: `Ring` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
     // owns the `Ring`) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+    let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let (incidents_tx, incidents) = tokio::sync::mpsc::unbounded_channel();
-    let config = Arc::new(Live::new(options.config.clone()));
-    let journal = journal::spawn(journal::Options {
+    let live = Arc::new(Live::new(options.config.clone()));
+    let config = live.get();
+    let journal = journal::spawn(&journal::Options {
         root: options.root.clone(),
         lines: options.journal_lines,
         wait: JOURNAL_WAIT,
-        config: Arc::clone(&config),
+        config: Arc::clone(&live),
         manager_root: manager_root.clone(),
         // Without the manager's pid (a container watching /host), our own network namespace
         // is the best guess: such daemons run with the host's network.
         netns_pid: manager_pid.unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
     });
     let bus = recovery::check_units(&options.root, &options.config).await;
+    let recovery = Recovery::new(options.root.clone(), live, bus);
+    // The metrics, the history and the alert sinks are set up once, from the configuration at
+    // start: a reload does not change them (see README, "Reloading").
+    let (metrics, history) = measures(&config, &recovery);
+    let server = serve_metrics(config.metrics.listen, &metrics).await;
     let mut pipeline = Pipeline {
-        dispatcher: Dispatcher::new(
-            journal,
-            Recovery::new(options.root.clone(), config, bus),
-            incidents_tx,
-            manager_pid,
-        ),
+        dispatcher: Dispatcher::new(journal, recovery, incidents_tx, manager_pid),
         cgroups: CgroupResolver::discover(manager_root.clone()),
         roles: Roles {
             manager_pid,
             spawns_tracked: hooks.spawns.is_some(),
         },
-        stdout: Stdout::default(),
+        sinks: Sinks::start(
+            options.output,
+            journal_sink,
+            &config.alerts,
+            &words::host(&options.root),
+            metrics,
+            history,
+        ),
         overlap: overlap.map(Overlap::new),
         received: 0,
         undecodable: 0,
@@ -252,9 +326,36 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         pipeline.drain_backlog(backlog);
     }
     if let Some(lost) = counters.report() {
-        pipeline.stdout.push(&lost);
+        pipeline.sinks.lost(&lost);
     }
+    let mut ring = ring;
     let (backlog_records, _) = pipeline.drain(ring.get_mut());
+    pipeline.dispatcher.watching().await;
+    ready(
+        &hooks,
+        options,
+        &manager_root,
+        &config,
+        (reattached, backlog_records),
+    );
+    Ok(Started {
+        attached,
+        pipeline,
+        ring,
+        counters,
+        incidents,
+        server,
+    })
+}
+
+/// Says the daemon is ready (the tests wait for this line), with what it watches and serves.
+fn ready(
+    hooks: &probes::Hooks,
+    options: &Options,
+    manager_root: &str,
+    config: &Config,
+    (reattached, backlog_records): (bool, usize),
+) {
     tracing::info!(
         exit = hooks.exit,
         reattached,
@@ -264,15 +365,10 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         cgroups = hooks.cgroups.unwrap_or("none"),
         root = %options.root.display(),
         manager_cgroup = manager_root,
+        metrics = %config.metrics.listen.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
+        history = %config.history.path.as_deref().map_or_else(|| "off".into(), std::path::Path::to_string_lossy),
         "detector ready: watching process deaths"
     );
-    Ok(Started {
-        attached,
-        pipeline,
-        ring,
-        counters,
-        incidents,
-    })
 }
 
 /// Tells systemd (`Type=notify`), when it started us; a no-op otherwise.
@@ -293,16 +389,17 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         mut ring,
         mut counters,
         mut incidents,
+        server,
     } = start(&options).await?;
-    // Probes attached, units named, backlog read.
+    // Probes attached, units named and followed, backlog read.
     notify(&[
         NotifyState::Ready,
         NotifyState::Status("watching process deaths"),
     ]);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Pinged from this loop, the one that reads the ring buffer: a reader stuck anywhere in it
-    // (a stdout nobody drains, a bug) misses the pings, and systemd restarts the daemon, which
-    // with pins loses nothing.
+    // (a bug, a sink that blocks) misses the pings, and systemd restarts the daemon, which with
+    // pins loses nothing.
     let watchdog = sd_notify::watchdog_enabled();
     let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_hours(1), |d| d / 2));
     loop {
@@ -314,17 +411,18 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 if let Some(lost) = counters.report() {
-                    pipeline.stdout.push(&lost);
-                    pipeline.stdout.flush();
+                    pipeline.sinks.lost(&lost);
+                    pipeline.sinks.flush();
                 }
+                pipeline.sinks.metrics().kernel(counters.totals(), pipeline.undecodable);
                 if pipeline.overlap.as_ref().is_some_and(|o| !o.open(clock::monotonic_ns())) {
                     pipeline.overlap = None;
                 }
                 pipeline.cgroups.sweep(std::time::Instant::now());
             }
-            Some(incident) = incidents.recv() => {
-                pipeline.stdout.push(&incident);
-                pipeline.stdout.flush();
+            Some(notice) = incidents.recv() => {
+                pipeline.sinks.notice(&notice);
+                pipeline.sinks.flush();
             }
             () = pipeline.dispatcher.join_next() => {}
             _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
@@ -339,23 +437,10 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     }
     notify(&[NotifyState::Stopping]);
     pipeline.drain(ring.get_mut());
-    for incident in pipeline.dispatcher.finish(&mut incidents).await {
-        pipeline.stdout.push(&incident);
+    pipeline.stop(counters, &mut incidents).await;
+    if let Some(server) = server {
+        server.abort();
     }
-    let (totals, lost) = counters.finish();
-    if let Some(lost) = lost {
-        pipeline.stdout.push(&lost);
-    }
-    pipeline.stdout.flush();
-    tracing::info!(
-        emitted = totals.emitted,
-        received = pipeline.received,
-        lost = totals.lost,
-        read_failures = totals.read_failures,
-        map_failures = totals.map_failures,
-        undecodable = pipeline.undecodable,
-        "detector stopped"
-    );
     drop(attached);
     Ok(())
 }

@@ -51,6 +51,7 @@ pub mod fuzzing {
             return;
         };
         let now = std::time::Instant::now();
+        let _ = now + config.history.max_age;
         for unit in &config.units {
             let _ = now + unit.startup_grace;
             if let Some(health) = &unit.health {

@@ -88,3 +88,13 @@ pub fn journal_has(incident: &Value, text: &str) -> bool {
             .any(|l| l.as_str().is_some_and(|l| l.contains(text)))
     })
 }
+
+/// The incidents of `unit` among `records`.
+#[must_use]
+pub fn incidents_of(records: &[Value], unit: &str) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "incident" && r["unit"] == unit)
+        .cloned()
+        .collect()
+}

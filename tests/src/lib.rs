@@ -18,8 +18,12 @@ use std::{
 
 use serde_json::Value;
 
+pub mod alerting;
+pub mod alertmanager;
 pub mod incidents;
 pub mod machine;
+pub mod prometheus;
+pub mod receiver;
 
 /// How long a test waits for a record or for the daemon to be ready before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -63,10 +67,25 @@ impl Daemon {
     /// As [`Daemon::start`].
     #[must_use]
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// As [`Daemon::start_with`], with more environment variables (the alert sinks' `env:`
+    /// secrets).
+    ///
+    /// # Panics
+    /// As [`Daemon::start`].
+    #[must_use]
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(detector_bin())
             .arg("run")
             .args(extra)
-            .env("DETECTOR_LOG", "info")
+            // `DETECTOR_TEST_LOG=debug` for the daemon's debug lines in a failing test's output.
+            .env(
+                "DETECTOR_LOG",
+                std::env::var("DETECTOR_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -168,6 +187,12 @@ impl Daemon {
         self.wait_until(what, |s| s.records.iter().filter(|r| pred(r)).count() >= n);
     }
 
+    /// The daemon's pid.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the daemon with SIGTERM; returns every record it wrote and its stderr (which ends
     /// with its summary).
     ///
@@ -196,12 +221,6 @@ impl Daemon {
         assert_eq!(status.signal(), Some(9), "daemon ended with {status}");
         self.wait_until("the daemon's output to end", |s| s.closed);
         self.with(|s| s.records.clone())
-    }
-
-    /// The daemon's process id.
-    #[must_use]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Waits until the daemon's stderr has a line containing `text`, and returns it.

@@ -11,8 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How long a boot may take before the test fails.
-const BOOT: Duration = Duration::from_secs(90);
+/// How long a boot may take before the test fails: a bound, not a timing (a boot takes a few
+/// seconds on a quiet machine, but a minute and more was seen with builds running beside it).
+const BOOT: Duration = Duration::from_mins(3);
 
 /// A booted machine; powered off when dropped.
 pub struct Machine {

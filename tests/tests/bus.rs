@@ -183,3 +183,48 @@ fn check_gone_bus(machine: &Machine) {
         "{stderr:?}"
     );
 }
+
+/// A machine that plants symlinks where its bus socket should be: an absolute one, and one that
+/// climbs with `..`. Resolved naively from the host (`/proc/LEADER/root/...`), the absolute one
+/// leads to the HOST's `/run/dbus/...`; detector resolves both inside the machine, so it reaches
+/// the machine's own bus (this host runs no D-Bus of its own: there is nothing else to reach).
+#[test]
+fn planted_symlinks_cannot_lead_the_daemon_out_of_the_machine() {
+    let machine = Machine::boot(&[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let root = machine.root();
+    for target in [
+        "/run/dbus/real_socket",
+        "../../../../../../../../run/dbus/real_socket",
+    ] {
+        let plant = format!(
+            "set -e; cd /run/dbus; [ -S real_socket ] || mv system_bus_socket real_socket; \
+             rm -f system_bus_socket; ln -s {target} system_bus_socket"
+        );
+        let out = machine.run(&["sh", "-c", &plant]);
+        assert!(
+            out.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let state = runtime
+            .block_on(async {
+                let bus = detector::Systemd::connect(std::path::Path::new(&root)).await?;
+                bus.unit("dbus.service").await
+            })
+            .unwrap_or_else(|e| panic!("{target}: the machine's bus, resolved inside it: {e}"));
+        assert_eq!(state.load_state, "loaded", "{target}: {state:?}");
+        // The absolute symlink is the one a plain join resolves on the host (where there is no
+        // bus): it shows what resolving inside the machine saves.
+        if target.starts_with('/') {
+            let naive = std::path::Path::new(&root).join("run/dbus/system_bus_socket");
+            assert!(
+                std::os::unix::net::UnixStream::connect(&naive).is_err(),
+                "{target}: a plain join should not have reached a bus from the host"
+            );
+        }
+    }
+}

@@ -207,8 +207,27 @@ fn memcg_oom_kill() {
     let cgroup = MemCgroup::new(64 << 20);
     let procs = cgroup.dir.join("cgroup.procs");
     let mut cmd = victim("alloc");
-    // SAFETY: only writes our own pid to a cgroup file before exec.
-    unsafe { cmd.pre_exec(move || std::fs::write(&procs, std::process::id().to_string())) };
+    // The path is made before the fork: between fork and exec the child may only make
+    // async-signal-safe calls, and must not allocate (another thread of this test process may
+    // have held the allocator's lock at the fork).
+    let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: the closure calls only open, write and close (async-signal-safe), allocates
+    // nothing, and touches only the child; "0" moves the writing process itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if written == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    };
     let (pid, status) = run(&mut cmd);
     assert_eq!(
         status.signal(),
@@ -316,7 +335,10 @@ fn cgroup_path_outlives_the_cgroup() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("storm");
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    // Under way once its first death is recorded.
+    let _ = daemon.record_where("the storm under way", |r| {
+        r["kind"] == "exit" && r["comm"] == "victim"
+    });
     let mut deaths = Vec::new();
     for round in 0..5 {
         let name = format!("detector-cg-{}-{round}", std::process::id());

@@ -30,7 +30,8 @@ sleep 60 & P=$!; kill -KILL $P; wait $P; echo "PID killed $P"
 echo +memory > /sys/fs/cgroup/cgroup.subtree_control; mkdir /sys/fs/cgroup/oomtest
 echo 64M > /sys/fs/cgroup/oomtest/memory.max; echo 0 > /sys/fs/cgroup/oomtest/memory.swap.max
 sh -c 'echo $$ > /sys/fs/cgroup/oomtest/cgroup.procs; exec /bin/victim alloc' & P=$!; wait $P; echo "PID oom $P"
-sleep 1; kill -TERM $DAEMON; wait $DAEMON
+i=0; while [ "$(grep -c '"kind":"exit"' /tmp/out)" -lt 5 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+kill -TERM $DAEMON; wait $DAEMON
 echo "--- stderr"; cat /tmp/err; echo "--- records"; cat /tmp/out; echo "--- end"
 poweroff -f
 "#;

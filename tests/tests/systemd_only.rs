@@ -11,9 +11,8 @@
 
 use std::{thread, time::Duration};
 
-use serde_json::Value;
 use tests::{
-    incidents::{incident_for, journal_has},
+    incidents::{incident_for, incidents_of, journal_has},
     machine::{Machine, tempdir},
 };
 
@@ -46,15 +45,6 @@ time.sleep(1000)
 
 fn report(unit: &str) -> String {
     format!("[[unit]]\nname = \"{unit}\"\nrestart = \"report\"\n")
-}
-
-/// The incidents of `unit` among `records`.
-fn incidents(records: &[Value], unit: &str) -> Vec<Value> {
-    records
-        .iter()
-        .filter(|r| r["kind"] == "incident" && r["unit"] == unit)
-        .cloned()
-        .collect()
 }
 
 /// One case: a unit that fails on start, its expected cause, what its detail names, and the
@@ -158,7 +148,7 @@ fn failures_only_systemd_sees_are_one_incident_each_with_their_cause() {
     let (records, _) = daemon.stop();
     for case in &cases {
         assert_eq!(
-            incidents(&records, case.unit).len(),
+            incidents_of(&records, case.unit).len(),
             1,
             "{}: {records:?}",
             case.unit
@@ -203,12 +193,12 @@ fn an_operators_stop_is_quiet_and_a_crash_systemd_restarts_is_one_incident() {
     assert_eq!(machine.is_active("demo-stopped.service"), "inactive");
     let (records, _) = daemon.stop();
     assert_eq!(
-        incidents(&records, "demo-stopped.service").len(),
+        incidents_of(&records, "demo-stopped.service").len(),
         0,
         "{records:?}"
     );
     assert_eq!(
-        incidents(&records, "demo-crash.service").len(),
+        incidents_of(&records, "demo-crash.service").len(),
         1,
         "{records:?}"
     );

@@ -206,11 +206,12 @@ pub(crate) fn all(daemon: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The restart and workers benchmarks, run by `restart-bench` and `workers-bench` from the tests
-/// crate, which has the machine
+/// The restart, workers and load benchmarks, run by `restart-bench`, `workers-bench` and
+/// `load-bench` from the tests crate, which has the machine
 /// and daemon harness.
 pub(crate) fn restart(daemon: &Path, machine_root: &Path) -> Result<()> {
-    for bench in ["restart-bench", "workers-bench"] {
+    build_helper("victim")?;
+    for bench in ["restart-bench", "workers-bench", "load-bench"] {
         crate::run(
             Command::new(build_helper(bench)?)
                 .env("DETECTOR_BIN", daemon)

@@ -134,13 +134,20 @@ pub(crate) fn build_packages() -> Result<()> {
 }
 
 /// Debian packages the root tests use: debootstrap and systemd-nspawn make and boot the machine
-/// with real systemd; qemu and busybox boot the second kernel, cpio packs its initramfs.
-const TEST_PACKAGES: [(&str, &str); 5] = [
+/// with real systemd; qemu and busybox boot the second kernel, cpio packs its initramfs; the
+/// alert tests start a real Alertmanager on loopback, and prometheus scrapes the daemon in the
+/// metrics test.
+const TEST_PACKAGES: [(&str, &str); 7] = [
     ("debootstrap", "/usr/sbin/debootstrap"),
     ("systemd-container", "/usr/bin/systemd-nspawn"),
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("busybox-static", "/bin/busybox"),
     ("cpio", "/usr/bin/cpio"),
+    (
+        "prometheus-alertmanager",
+        "/usr/bin/prometheus-alertmanager",
+    ),
+    ("prometheus", "/usr/bin/prometheus"),
 ];
 
 /// Installs the Debian packages the tests need, if any is missing.

@@ -1,10 +1,14 @@
 //! The command line: one file per subcommand. `main.rs` only calls [`main`].
 //!
 //! - In: arguments and the environment (`DETECTOR_LOG`).
-//! - Out: an exit code; `run` hands over to [`crate::daemon`].
+//! - Out: an exit code; `run` hands over to [`crate::daemon`]; `incidents` reads the history
+//!   the daemon's sink writes.
 //! - Must not know: how any stage works inside.
 
+mod alert_test;
 mod check_config;
+mod incidents;
+mod journal_relay;
 mod run;
 mod unpin;
 
@@ -29,6 +33,14 @@ enum Command {
     CheckConfig(check_config::Args),
     /// Detach the kernel programs `run --pin-dir` left running, and remove their pins.
     Unpin(unpin::Args),
+    /// Send a sample incident (opened, then resolved) to every alert sink of a configuration,
+    /// and print what each receiver answered.
+    AlertTest(alert_test::Args),
+    /// Internal: started by `run` in a watched machine's pid namespace to write its journal.
+    #[command(hide = true)]
+    JournalRelay(journal_relay::Args),
+    /// The incident history: `list` them, `show` one as a timeline.
+    Incidents(incidents::Args),
 }
 
 /// Parses the command line, sets up logging on stderr, and runs the subcommand.
@@ -46,6 +58,9 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(&args),
         Command::Unpin(args) => unpin::run(&args),
+        Command::AlertTest(args) => alert_test::run(&args),
+        Command::JournalRelay(args) => journal_relay::run(&args),
+        Command::Incidents(args) => incidents::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,20 @@
 
 use std::path::PathBuf;
 
-use crate::{config, daemon};
+use crate::{config, daemon, sinks::Output};
+
+/// `--output`: where records and incidents go.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputArg {
+    /// `journal` when stdout is already the journal (systemd runs the daemon), else `both`.
+    Auto,
+    /// JSON lines on stdout.
+    Json,
+    /// Structured entries in the watched systemd's journal (ROOT/run/systemd/journal/socket).
+    Journal,
+    /// Both.
+    Both,
+}
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -23,7 +36,7 @@ pub(super) struct Args {
     /// How many of a failed run's last journal lines an incident carries.
     #[arg(long, default_value_t = config::DEFAULT_JOURNAL_LINES)]
     journal_lines: usize,
-    /// Unit policies and cause rules (TOML; see `detector check-config`).
+    /// Unit policies, cause rules and alert sinks (TOML; see `detector check-config`).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Pin the kernel programs, their links and maps in this bpffs directory (the package uses
@@ -32,6 +45,10 @@ pub(super) struct Args {
     /// `detector unpin` removes the pins.
     #[arg(long)]
     pin_dir: Option<PathBuf>,
+    /// Where records and incidents are written. Under systemd, `auto` writes only to the
+    /// journal: JSON lines on a stdout the journal already takes would be every entry twice.
+    #[arg(long, value_enum, default_value = "auto")]
+    output: OutputArg,
 }
 
 fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
@@ -76,6 +93,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         journal_lines,
         config,
         pin_dir,
+        output,
     } = args;
     let config_path = config;
     let config = config_path
@@ -92,6 +110,12 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         config,
         config_path,
         pin_dir,
+        output: match output {
+            OutputArg::Auto => Output::Auto,
+            OutputArg::Json => Output::Json,
+            OutputArg::Journal => Output::Journal,
+            OutputArg::Both => Output::Both,
+        },
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

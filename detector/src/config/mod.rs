@@ -14,19 +14,37 @@
 //! cause = "database_down"
 //! pattern = "could not connect to server: (.+)"
 //! detail = "the database is unreachable: $1"
+//!
+//! [[alert]]                   # as many as you like; secrets from env: or file: only
+//! kind = "webhook"            # "webhook" | "slack" | "alertmanager" | "pagerduty"
+//! url = "http://127.0.0.1:9099/hook"
+//! headers = { Authorization = "env:HOOK_TOKEN" }
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"   # serves /metrics; not served without it
+//! max_units = 50              # units outside [[unit]] named before the rest are "other"
+//!
+//! [history]
+//! path = "/var/lib/detector/incidents.db"
+//! max_age = "30d"
+//! max_incidents = 10000
 //! ```
 //!
 //! Deaths in units not listed are still reported (records and incidents), never restarted.
 //!
-//! One file per section: [`unit`] (`[[unit]]`), [`rules`] (`[[rule]]`); [`duration`] for the
-//! durations they share.
+//! One file per section: [`unit`] (`[[unit]]`), [`rules`] (`[[rule]]`), [`alerts`]
+//! (`[[alert]]`: webhook, Slack, Alertmanager, PagerDuty), [`metrics`] (`[metrics]`), [`history`]
+//! (`[history]`); [`duration`] for the durations they share.
 //!
 //! - In: the operator's TOML file.
 //! - Out: a checked [`Config`], or a [`ConfigError`] naming file and line.
 //! - Must not know: any stage of the flow. Every stage may read the configuration; the
 //!   configuration imports none of them.
 
+pub(crate) mod alerts;
 mod duration;
+pub(crate) mod history;
+pub(crate) mod metrics;
 pub(crate) mod rules;
 #[cfg(test)]
 mod tests;
@@ -44,13 +62,16 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use self::{
+    alerts::{AlertSink, RawAlert},
+    history::{History, RawHistory},
+    metrics::{Metrics, RawMetrics},
+    rules::{RawRule, Rule},
+    unit::RawUnit,
+};
 pub(crate) use self::{
     duration::{MAX as MAX_DURATION, parse_duration},
     unit::{CrashLoop, DEFAULT_JOURNAL_LINES, Health, RestartMode, UnitPolicy},
-};
-use self::{
-    rules::{RawRule, Rule},
-    unit::RawUnit,
 };
 
 /// A checked configuration.
@@ -59,6 +80,10 @@ pub(crate) struct Config {
     pub units: Vec<UnitPolicy>,
     /// The operator's cause rules; they are tried before the built-in ones.
     pub rules: Vec<Rule>,
+    /// Where incidents are announced.
+    pub alerts: Vec<AlertSink>,
+    pub metrics: Metrics,
+    pub history: History,
 }
 
 impl Config {
@@ -136,11 +161,20 @@ struct RawConfig {
     unit: Vec<Spanned<RawUnit>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    /// Hosts other than loopback that health checks may go to.
+    #[serde(default)]
+    health_hosts: Vec<String>,
+    #[serde(default)]
+    alert: Vec<Spanned<RawAlert>>,
+    metrics: Option<Spanned<RawMetrics>>,
+    history: Option<Spanned<RawHistory>>,
 }
 
 struct Ctx<'a> {
     file: &'a str,
     text: &'a str,
+    /// `health_hosts`: where health checks may go besides loopback.
+    health_hosts: Vec<String>,
 }
 
 impl Ctx<'_> {
@@ -157,6 +191,9 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration from more than zero to at most the bound [`max_duration`] gives `what`: a
+    /// bound on every duration keeps the daemon's deadlines (`Instant + duration`) from
+    /// overflowing, and catches a unit typed wrong (`30h` for `30s`).
     fn duration(
         &self,
         value: Option<&Spanned<String>>,
@@ -166,23 +203,47 @@ impl Ctx<'_> {
         let Some(value) = value else {
             return Ok(default);
         };
+        let max = max_duration(what);
         match parse_duration(value.get_ref()) {
             Ok(d) if d.is_zero() => {
                 Err(self.at(value.span(), format!("{what} must be more than zero")))
             }
+            Ok(d) if d > max => Err(self.at(
+                value.span(),
+                format!(
+                    "{what} = \"{}\" is too long: at most {max:?}",
+                    value.get_ref()
+                ),
+            )),
             Ok(d) => Ok(d),
             Err(e) => Err(self.at(value.span(), format!("{what}: {e}"))),
         }
     }
 }
 
+/// The longest each duration may be: ten years of history, a crash-loop window of a day, five
+/// minutes for one health check's or one alert's timeout, an hour for the rest.
+fn max_duration(what: &str) -> Duration {
+    match what {
+        "history max_age" => MAX_DURATION,
+        "crash_loop window" => Duration::from_hours(24),
+        "health timeout" | "alert timeout" => Duration::from_mins(5),
+        _ => Duration::from_hours(1),
+    }
+}
+
 /// Parses and checks a configuration; `file` names it in errors.
 pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
-    let ctx = Ctx { file, text };
+    let mut ctx = Ctx {
+        file,
+        text,
+        health_hosts: Vec::new(),
+    };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
         let message = e.message().to_owned();
         ctx.at(e.span().unwrap_or(0..0), message)
     })?;
+    ctx.health_hosts.clone_from(&raw.health_hosts);
     let mut config = Config::default();
     for unit in &raw.unit {
         let policy = ctx.unit(unit)?;
@@ -196,6 +257,13 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     }
     for rule in &raw.rule {
         config.rules.push(ctx.rule(rule)?);
+    }
+    config.alerts = ctx.alerts(&raw.alert)?;
+    if let Some(metrics) = &raw.metrics {
+        config.metrics = ctx.metrics(metrics)?;
+    }
+    if let Some(history) = &raw.history {
+        config.history = ctx.history(history)?;
     }
     Ok(config)
 }

@@ -50,73 +50,107 @@ fn the_documented_shape_parses() {
     );
 }
 
+/// (configuration, line of the error, what its message says).
+const ERRORS: [(&str, usize, &str); 22] = [
+    (
+        "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://10.1.2.3:8000/health\" }\n",
+        3,
+        "host `10.1.2.3` is not loopback; add it to `health_hosts",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://127.0.0.1/\", deadline = \"18446744073709551615s\" }\n",
+        3,
+        "health deadline = \"18446744073709551615s\" is too long",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 2, window = \"25h\" }\n",
+        3,
+        "crash_loop window = \"25h\" is too long: at most 86400s",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\nliveness = { every = \"1s\" }\n",
+        3,
+        "liveness polls the unit's health check",
+    ),
+    (
+        "[metrics]\nlisten = \"localhost\"\n",
+        2,
+        "is not an address and port",
+    ),
+    ("[metrics]\nmax_units = -3\n", 2, "use 0 to 10000"),
+    (
+        "[history]\n\npath = \"incidents.db\"\n",
+        3,
+        "must be absolute",
+    ),
+    ("[history]\nmax_age = \"1y\"\n", 2, "history max_age"),
+    ("[[unit]]\nname = \"app\"\n", 2, "needs a type suffix"),
+    (
+        "[[unit]]\nname = \"a/b.service\"\n",
+        2,
+        "not a systemd unit name",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\nrestart = \"always\"\n",
+        3,
+        "use \"report\", \"restart\" or \"expedite\"",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\n\nhealth = { url = \"localhost:8000\" }\n",
+        4,
+        "must be http:// with a host",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\nhealth = { url = \"https://h/\" }\n",
+        3,
+        "https is not supported",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 2, window = \"1m\", backoff = \"0s\" }\n",
+        3,
+        "crash_loop backoff must be more than zero",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://127.0.0.1/\", expect = 99 }\n",
+        3,
+        "not an HTTP status",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://127.0.0.1/\", timeout = \"1 s\" }\n",
+        3,
+        "is not a duration",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 0, window = \"5m\" }\n",
+        3,
+        "use 1 to 1000",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\njournal_lines = -1\n",
+        3,
+        "use 1 to 10000",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\n[[unit]]\nname = \"a.service\"\n",
+        4,
+        "listed twice",
+    ),
+    (
+        "[[unit]]\nname = \"a.service\"\nrestrat = \"report\"\n",
+        3,
+        "unknown field `restrat`",
+    ),
+    ("[[unit]]\nname = \"a.service\n", 2, ""),
+    (
+        "[[rule]]\ncause = \"x\"\npattern = \"(unclosed\"\ndetail = \"d\"\n",
+        3,
+        "pattern",
+    ),
+];
+
 #[test]
 fn errors_name_the_line_and_the_problem() {
-    let cases: [(&str, usize, &str); 14] = [
-        ("[[unit]]\nname = \"app\"\n", 2, "needs a type suffix"),
-        (
-            "[[unit]]\nname = \"a/b.service\"\n",
-            2,
-            "not a systemd unit name",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\nrestart = \"always\"\n",
-            3,
-            "use \"report\", \"restart\" or \"expedite\"",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\n\nhealth = { url = \"localhost:8000\" }\n",
-            4,
-            "must be http:// with a host",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"https://h/\" }\n",
-            3,
-            "https is not supported",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 2, window = \"1m\", backoff = \"0s\" }\n",
-            3,
-            "crash_loop backoff must be more than zero",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://h/\", expect = 99 }\n",
-            3,
-            "not an HTTP status",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://h/\", timeout = \"1 s\" }\n",
-            3,
-            "is not a duration",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\ncrash_loop = { max_restarts = 0, window = \"5m\" }\n",
-            3,
-            "at least 1",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\njournal_lines = -1\n",
-            3,
-            "use 1 to 10000",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\n[[unit]]\nname = \"a.service\"\n",
-            4,
-            "listed twice",
-        ),
-        (
-            "[[unit]]\nname = \"a.service\"\nrestrat = \"report\"\n",
-            3,
-            "unknown field `restrat`",
-        ),
-        ("[[unit]]\nname = \"a.service\n", 2, ""),
-        (
-            "[[rule]]\ncause = \"x\"\npattern = \"(unclosed\"\ndetail = \"d\"\n",
-            3,
-            "pattern",
-        ),
-    ];
-    for (text, line, needle) in cases {
+    for (text, line, needle) in ERRORS {
         let err = parse("c.toml", text).expect_err(text);
         assert_eq!(
             (err.file.as_str(), err.line),
@@ -129,6 +163,43 @@ fn errors_name_the_line_and_the_problem() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn metrics_and_history_sections() {
+    let config = parse(
+        "c.toml",
+        "[metrics]\nlisten = \"127.0.0.1:9464\"\nmax_units = 5\n\n[history]\npath = \"/tmp/i.db\"\n\
+         max_age = \"7d\"\nmax_incidents = 100\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        (
+            config.metrics.listen.map(|a| a.to_string()),
+            config.metrics.max_units
+        ),
+        (Some("127.0.0.1:9464".to_owned()), 5)
+    );
+    assert_eq!(
+        (
+            config.history.path.as_deref(),
+            config.history.max_age,
+            config.history.max_incidents
+        ),
+        (
+            Some(Path::new("/tmp/i.db")),
+            Duration::from_hours(7 * 24),
+            100
+        )
+    );
+    // Without the sections: no endpoint, the history at its default path.
+    let plain = parse("c.toml", "").expect("valid");
+    assert_eq!(
+        (plain.metrics.listen, plain.history.path.as_deref()),
+        (None, Some(Path::new("/var/lib/detector/incidents.db")))
+    );
+    let off = parse("c.toml", "[history]\nenabled = false\n").expect("valid");
+    assert_eq!(off.history.path, None);
 }
 
 #[test]
@@ -154,9 +225,11 @@ fn durations() {
         ("5m", Some(300_000)),
         ("1h", Some(3_600_000)),
         ("168h", Some(604_800_000)),
-        ("169h", None),
-        ("18446744073709551615s", None),
-        ("18446744073709551615ms", None),
+        ("2d", Some(172_800_000)),
+        ("3650d", Some(315_360_000_000)),
+        ("18446744073709551615m", None),
+        ("18446744073709551615h", None),
+        ("18446744073709551615d", None),
         ("5", None),
         ("s", None),
         ("1.5s", None),
@@ -229,5 +302,26 @@ fn the_packaged_default_configuration_is_accepted() {
         (config.units.len(), config.rules.len()),
         (1, 1),
         "{examples}"
+    );
+}
+
+#[test]
+fn health_checks_go_only_where_allowed() {
+    let allowed = "health_hosts = [\"app.internal\"]\n[[unit]]\nname = \"a.service\"\n\
+                   health = { url = \"http://app.internal:8000/health\", follow_redirects = true }\n";
+    let config = parse("c.toml", allowed).expect("an allowed host");
+    let health = config.units[0].health.as_ref().expect("health");
+    assert!(health.follow_redirects);
+    let local = parse(
+        "c.toml",
+        "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://localhost:8000/\" }\n",
+    )
+    .expect("loopback");
+    assert!(
+        !local.units[0]
+            .health
+            .as_ref()
+            .expect("health")
+            .follow_redirects
     );
 }

@@ -23,6 +23,8 @@ pub(crate) enum RestartMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Health {
     pub url: url::Url,
+    /// Follow HTTP redirects (off unless the configuration asks: a redirect may lead anywhere).
+    pub follow_redirects: bool,
     pub expect: u16,
     pub timeout: Duration,
     pub interval: Duration,
@@ -120,6 +122,7 @@ struct RawHealth {
     timeout: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     deadline: Option<Spanned<String>>,
+    follow_redirects: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +167,7 @@ impl Ctx<'_> {
             timeout,
             interval,
             deadline,
+            follow_redirects,
         } = raw.get_ref();
         let parsed = url::Url::parse(url.get_ref()).map_err(|e| {
             self.at(
@@ -185,6 +189,25 @@ impl Ctx<'_> {
             return Err(self.at(
                 url.span(),
                 format!("health url `{}` must be http:// with a host", url.get_ref()),
+            ));
+        }
+        // A health check is the unit's own local endpoint: anywhere else must be asked for, so a
+        // typo (or a hostile configuration fragment) cannot make detector probe other hosts.
+        let loopback = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name == "localhost",
+            None => false,
+        };
+        let host = parsed.host_str().unwrap_or_default();
+        if !loopback && !self.health_hosts.iter().any(|h| h == host) {
+            return Err(self.at(
+                url.span(),
+                format!(
+                    "health url `{}`: host `{host}` is not loopback; add it to `health_hosts = [...]` \
+                     at the top of the file to allow health checks there",
+                    url.get_ref()
+                ),
             ));
         }
         let expect = match expect {
@@ -221,6 +244,7 @@ impl Ctx<'_> {
         }
         Ok(Health {
             url: parsed,
+            follow_redirects: follow_redirects.unwrap_or(false),
             expect,
             timeout,
             interval,
@@ -272,11 +296,11 @@ impl Ctx<'_> {
                 } = c.get_ref();
                 let max_restarts = u32::try_from(*max_restarts.get_ref())
                     .ok()
-                    .filter(|n| *n >= 1)
+                    .filter(|n| (1..=1000).contains(n))
                     .ok_or_else(|| {
                         self.at(
                             max_restarts.span(),
-                            "crash_loop max_restarts must be at least 1",
+                            "crash_loop max_restarts: use 1 to 1000",
                         )
                     })?;
                 CrashLoop {

@@ -1,12 +1,13 @@
 //! An incident while its recovery runs: steps are added as they happen, from the journal's
-//! answer and the recovery's actions (two futures of one task), and the incident goes out once,
-//! when done or when the daemon stops.
+//! answer and the recovery's actions (two futures of one task). Two notices go out, in order on
+//! one channel: `opened` once the cause is known ([`Progress::opened`]), `resolved` once, when
+//! done or when the daemon stops.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{Incident, Step};
+use super::{Incident, Notice, Phase, Step};
 use crate::kernel::clock::{self, Clock};
 
 /// ns as ms, to the µs.
@@ -18,28 +19,56 @@ fn ms(ns: u64) -> f64 {
 /// daemon stopping mid-recovery), it still goes out, with an `interrupted` step: an incident is
 /// never lost.
 pub(crate) struct Progress {
-    /// None once sent or discarded. Behind a lock: the journal's answer and the recovery's steps
-    /// come from two futures of the same task.
-    incident: Mutex<Option<Incident>>,
-    out: UnboundedSender<Incident>,
+    /// Behind a lock: the journal's answer and the recovery's steps come from two futures of the
+    /// same task, and the notices must leave in order.
+    state: Mutex<State>,
+    out: UnboundedSender<Notice>,
+}
+
+struct State {
+    /// None once sent or discarded.
+    incident: Option<Incident>,
+    /// The `opened` notice went out.
+    announced: bool,
 }
 
 impl Progress {
     #[must_use]
-    pub(crate) fn new(incident: Incident, out: UnboundedSender<Incident>) -> Self {
+    pub(crate) fn new(incident: Incident, out: UnboundedSender<Notice>) -> Self {
         Self {
-            incident: Mutex::new(Some(incident)),
+            state: Mutex::new(State {
+                incident: Some(incident),
+                announced: false,
+            }),
             out,
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Changes the incident (if it is still open).
     pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Incident) -> T) -> Option<T> {
-        self.incident
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-            .map(f)
+        self.state().incident.as_mut().map(f)
+    }
+
+    /// Announces the incident as it is now: call it once its cause is known (the journal's
+    /// account is in). Only the first call of an open incident sends anything.
+    pub(crate) fn opened(&self) {
+        let mut state = self.state();
+        if state.announced {
+            return;
+        }
+        if let Some(incident) = &state.incident {
+            let notice = Notice {
+                phase: Phase::Opened,
+                incident: Arc::new(incident.clone()),
+            };
+            state.announced = true;
+            // The receiver lives as long as the daemon's main loop, which outlives every task.
+            let _ = self.out.send(notice);
+        }
     }
 
     /// Adds a step now.
@@ -95,13 +124,12 @@ impl Progress {
     }
 
     fn take(&self) -> Option<Incident> {
-        self.incident
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.state().incident.take()
     }
 
-    /// Sends the incident if it is still open, after a last step if one is given.
+    /// Sends the incident if it is still open, after a last step if one is given. One never
+    /// announced (the daemon stopped before the journal answered) is announced first, so that
+    /// every sink hears both notices in order.
     fn send(&self, last: Option<&'static str>) {
         if let Some(step) = last {
             self.step(
@@ -109,9 +137,12 @@ impl Progress {
                 Some("detector stopped before the recovery ended".to_owned()),
             );
         }
+        self.opened();
         if let Some(incident) = self.take() {
-            // The receiver lives as long as the daemon's main loop, which outlives every task.
-            let _ = self.out.send(incident);
+            let _ = self.out.send(Notice {
+                phase: Phase::Resolved,
+                incident: Arc::new(incident),
+            });
         }
     }
 }

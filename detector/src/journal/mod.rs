@@ -19,18 +19,15 @@
 
 pub(crate) mod causes;
 pub(crate) mod exit_status;
+mod pool;
 mod reader;
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, mpsc},
-    thread,
-    time::Duration,
-};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use systemd::journal::Journal;
 use tokio::sync::oneshot;
 
+pub(crate) use self::pool::{Readers, spawn};
 use crate::{
     config::{Live, rules::Rule},
     death::record::ExitRecord,
@@ -72,6 +69,8 @@ pub(crate) struct Account {
     pub cause: causes::Cause,
     /// For `port_in_use`: the process (and unit) listening on the port.
     pub port_holder: Option<ports::Holder>,
+    /// Why there are no lines, when the journal could not be read.
+    pub unread: Option<String>,
 }
 
 /// What the journal thread is asked, and where its answer goes.
@@ -128,6 +127,7 @@ impl Reader {
             .get()
             .policy(unit)
             .map_or(self.options.lines, |p| p.journal_lines);
+        let mut unread = None;
         let lines = match self
             .journal
             .as_mut()
@@ -137,9 +137,13 @@ impl Reader {
             Some(Err(e)) => {
                 tracing::warn!(unit, error = %e, "reading the journal failed; reopening it next time");
                 self.journal = None;
+                unread = Some(format!("not read: reading the journal failed: {e}"));
                 Vec::new()
             }
-            None => Vec::new(),
+            None => {
+                unread = Some(format!("not read: {}", self.last_error));
+                Vec::new()
+            }
         };
         let cause = causes::classify_run(&lines, &self.rules);
         Account {
@@ -148,6 +152,7 @@ impl Reader {
             lines,
             cause,
             port_holder: None,
+            unread,
         }
     }
 
@@ -167,16 +172,7 @@ impl Reader {
 
     /// What the journal says about `record`'s death in `unit`.
     fn account(&mut self, unit: &str, record: &ExitRecord) -> Account {
-        if self.journal.is_none() {
-            match reader::open(&self.options.root) {
-                Ok(j) => self.journal = Some(j),
-                Err(e) if e != self.last_error => {
-                    tracing::warn!("{e}; incidents go out without journal lines");
-                    self.last_error = e;
-                }
-                Err(_) => {}
-            }
-        }
+        self.ensure_open();
         self.refresh_rules();
         let config = self.options.config.get();
         let policy = config.policy(unit);
@@ -190,6 +186,7 @@ impl Reader {
             lines: Vec::new(),
         };
         let clock = Clock::now();
+        let mut unread_because = None;
         let collected = match self.journal.as_mut().map(|j| {
             if record.role == Some("worker") {
                 reader::collect_worker(j, unit, record, n)
@@ -201,9 +198,13 @@ impl Reader {
             Some(Err(e)) => {
                 tracing::warn!(unit, error = %e, "reading the journal failed; reopening it for the next death");
                 self.journal = None;
+                unread_because = Some(format!("not read: reading the journal failed: {e}"));
                 unread()
             }
-            None => unread(),
+            None => {
+                unread_because = Some(format!("not read: {}", self.last_error));
+                unread()
+            }
         };
         let main_process = collected.main_process;
         if !main_process {
@@ -238,6 +239,7 @@ impl Reader {
             lines,
             cause,
             port_holder: None,
+            unread: unread_because,
         };
         if account.cause.0 == "port_in_use" {
             self.name_port_holder(
@@ -252,9 +254,19 @@ impl Reader {
 
     /// Names the process and unit holding the port a `port_in_use` failure wanted: the port from
     /// the run's lines, else from the unit's health check URL.
+    ///
+    /// The lines are the service's own words, and a hostile service could name any port to have
+    /// another unit blamed: a port only its log names is said to be "claimed by its log"; one the
+    /// unit's configured health check also uses is confirmed.
     fn name_port_holder(&self, account: &mut Account, health_port: Option<u16>) {
-        let Some(port) = ports::port_in_lines(&account.lines).or(health_port) else {
+        let logged = ports::port_in_lines(&account.lines);
+        let Some(port) = logged.or(health_port) else {
             return;
+        };
+        let claimed = if logged.is_some() && logged != health_port {
+            " (claimed by its log)"
+        } else {
+            ""
         };
         let Some(mut holder) = ports::holders(self.options.netns_pid, port)
             .into_iter()
@@ -273,70 +285,9 @@ impl Reader {
             .map_or_else(String::new, |u| format!(" of {u}"));
         let detail = &mut account.cause.1;
         *detail = format!(
-            "{detail}: port {port} is held by {} (pid {}){unit}",
+            "{detail}: port {port}{claimed} is held by {} (pid {}){unit}",
             holder.comm, holder.pid
         );
         account.port_holder = Some(holder);
     }
-}
-
-/// Niceness of the journal thread. Its work waits on journald anyway, and it runs while a
-/// restarted unit starts up: it should not take CPU from that (the daemon's main thread, which
-/// sees deaths and restarts units, runs at `--nice`, -10 by default).
-const JOURNAL_NICE: i32 = 10;
-
-/// Lowers this thread's priority to [`JOURNAL_NICE`] (on Linux, `setpriority` on a thread id
-/// applies to that thread alone).
-fn lower_priority() {
-    let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority has no memory-safety preconditions; `tid` is this thread.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, JOURNAL_NICE) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the journal thread's priority");
-    }
-}
-
-/// Starts the journal thread. Deaths in units go in on the returned sender with a channel for
-/// the answer. A journal that cannot be opened or read is logged, and the answer then has no
-/// lines (and counts every death in a service as the main process's, since we cannot tell).
-#[must_use]
-pub(crate) fn spawn(options: Options) -> mpsc::Sender<Request> {
-    let (tx, rx) = mpsc::channel::<Request>();
-    let (rules, rules_version) = rules(&options.config);
-    // sd-journal handles must stay on the thread that opened them: build the reader there.
-    let spawned = thread::Builder::new()
-        .name("journal".into())
-        .spawn(move || {
-            lower_priority();
-            let mut reader = Reader {
-                options,
-                rules,
-                rules_version,
-                journal: None,
-                last_error: String::new(),
-            };
-            for request in rx {
-                // Nobody waiting any more (the daemon is stopping) is not an error.
-                match request {
-                    Request::Death {
-                        unit,
-                        record,
-                        answer,
-                    } => {
-                        let _ = answer.send(reader.account(&unit, &record));
-                    }
-                    Request::Run {
-                        unit,
-                        invocation,
-                        answer,
-                    } => {
-                        let _ = answer.send(reader.run(&unit, invocation));
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the journal thread; incidents go out without journal lines");
-    }
-    tx
 }

@@ -53,8 +53,9 @@ pub(crate) struct Counters {
     previous: Snapshot,
 }
 
-/// The totals at shutdown, since the programs were loaded (with pins: across daemons).
-#[derive(Debug, Clone, Copy)]
+/// The totals since the programs were loaded (with pins: across daemons), for the metrics and
+/// the summary at shutdown.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Totals {
     pub emitted: u64,
     pub lost: u64,
@@ -106,19 +107,24 @@ impl Counters {
     /// A last report, and the totals.
     pub(crate) fn finish(&mut self) -> (Totals, Option<Lost>) {
         let lost = self.report();
+        (self.totals(), lost)
+    }
+
+    /// The totals as of the last report (for the metrics).
+    #[must_use]
+    pub(crate) fn totals(&self) -> Totals {
         let [
             (emitted, _),
             (lost_total, _),
             (read_failures, _),
             (map_failures, _),
         ] = &self.previous;
-        let totals = Totals {
+        Totals {
             emitted: *emitted,
             lost: *lost_total,
             read_failures: *read_failures,
             map_failures: *map_failures,
-        };
-        (totals, lost)
+        }
     }
 }
 

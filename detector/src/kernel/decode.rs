@@ -48,9 +48,9 @@ fn checked_size(kind: u32, size: u32, expected: usize) -> Result<(), DecodeError
 
 /// Copies a `T` out of the front of `bytes`.
 ///
-/// Only for the plain-integer `repr(C)` types of `detector_common`, for which every bit pattern is
-/// a valid value.
-fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+/// `aya::Pod`: only types for which every bit pattern is a valid value (the plain-integer
+/// `repr(C)` records of `detector_common`, which say so with an `unsafe impl`).
+fn read<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
         return Err(DecodeError::Short {
@@ -59,7 +59,7 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
         });
     }
     // SAFETY: `bytes` holds at least `size_of::<T>()` bytes (checked above), `read_unaligned`
-    // needs no alignment, and `T` is one of the shared integer-only types (any bits are valid).
+    // needs no alignment, and `T: Pod` means any bits are a valid `T`.
     Ok(unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 

@@ -5,7 +5,7 @@
 //! - In: the kernel object embedded by `build.rs`, `/sys/kernel/btf/vmlinux`, tracefs formats,
 //!   ring-buffer bytes.
 //! - Out: [`decode::Event`]s (a death, a cgroup created or removed), [`clock`] conversions of kernel
-//!   time, counter reports.
+//!   time, counter reports, [`random`] bytes.
 //! - Must not know: units, systemd, the journal, policies, sinks. Nothing here imports another
 //!   stage.
 
@@ -20,5 +20,6 @@ pub(crate) mod overlap;
 pub(crate) mod pins;
 pub(crate) mod privileges;
 pub(crate) mod probes;
+pub(crate) mod random;
 pub(crate) mod ring;
 pub(crate) mod tracefs;

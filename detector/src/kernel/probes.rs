@@ -18,6 +18,10 @@
 //! With a pin directory (`--pin-dir`), the programs, their links and maps outlive the daemon
 //! (see [`crate::kernel::pins`]): a daemon of the same build reattaches to them instead of
 //! loading anything, and reads first what they wrote while no daemon ran.
+//!
+//! Over 400 lines with its tests (the last 40): loading is one sequence (pins or a fresh load,
+//! globals, each hook and its fallback, the maps the programs need at once), read best in one
+//! place.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -357,32 +361,40 @@ pub(crate) fn load(options: &Options) -> Result<Probes, ProbeError> {
 mod tests {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-    /// The kernel programs were compiled by another compiler for another target; this reads the
-    /// layout table they were built with out of the embedded object and compares it with ours.
-    #[test]
-    fn kernel_object_was_built_with_our_layouts() {
+    /// A `u32` table the kernel object exports as `name`.
+    fn table(name: &str) -> Vec<u32> {
         let file = object::File::parse(super::object()).expect("embedded object is ELF");
         let symbol = file
             .symbols()
-            .find(|s| s.name() == Ok("DETECTOR_LAYOUTS"))
-            .expect("DETECTOR_LAYOUTS symbol in the kernel object");
+            .find(|s| s.name() == Ok(name))
+            .unwrap_or_else(|| panic!("{name} symbol in the kernel object"));
         let section = file
             .section_by_index(symbol.section_index().expect("symbol has a section"))
             .expect("section");
         let data = section.data().expect("section data");
         let start = usize::try_from(symbol.address() - section.address()).expect("offset");
         let len = usize::try_from(symbol.size()).expect("size");
-        let bytes = data
-            .get(start..start + len)
-            .expect("symbol inside its section");
-        let kernel: Vec<u32> = bytes
+        data.get(start..start + len)
+            .expect("symbol inside its section")
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+            .collect()
+    }
+
+    /// The kernel programs were compiled by another compiler for another target; this reads the
+    /// tables they were built with out of the embedded object and compares them with ours: every
+    /// type's size and alignment, and every field's offset.
+    #[test]
+    fn kernel_object_was_built_with_our_layouts() {
         assert_eq!(
-            kernel,
+            table("DETECTOR_LAYOUTS"),
             detector_common::LAYOUTS,
-            "(size, align) of EventHeader, SignalSender, OomInfo, DeathEvent, Offsets, CgroupEvent"
+            "(size, align) of EventHeader, SignalSender, OomInfo, DeathEvent, Offsets, CgroupEvent, Watch"
+        );
+        assert_eq!(
+            table("DETECTOR_FIELD_OFFSETS"),
+            detector_common::FIELD_OFFSETS,
+            "field offsets of EventHeader, SignalSender, OomInfo, DeathEvent, CgroupEvent, Watch, SenderKey"
         );
     }
 }

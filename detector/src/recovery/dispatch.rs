@@ -17,9 +17,12 @@ use super::{Recovery, systemd::Systemd, workers};
 use crate::{
     config::{Config, UnitPolicy},
     death::record::ExitRecord,
-    incident::{Incident, Progress},
+    incident::{Incident, Notice, Progress},
     journal::{self, causes},
 };
+
+/// Most incidents open at once (each a task until it is written).
+const MAX_OPEN: usize = 1024;
 
 /// At shutdown, how long incidents still being written may take to finish (about one journal
 /// wait); after that they go out as they are, marked `interrupted`.
@@ -29,34 +32,40 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub(crate) struct Dispatcher {
     /// Deaths in services, to the journal thread, which tells unit failures from other deaths
     /// and gathers the failed run's lines.
-    journal: std::sync::mpsc::Sender<journal::Request>,
+    journal: journal::Readers,
     recovery: Arc<Recovery>,
-    /// One task per death in a service, until its incident is written.
+    /// One task per death in a service, until its incident is written; at most [`MAX_OPEN`].
     tasks: JoinSet<()>,
+    /// Deaths that opened no incident because [`MAX_OPEN`] were open.
+    coalesced: u64,
     /// Tasks that live as long as the daemon: one liveness task per unit that asks for it, and
     /// the watcher of systemd's unit states.
     watchers: JoinSet<()>,
+    /// Says when the state watcher follows systemd's signals.
+    following: Option<oneshot::Receiver<()>>,
     /// The watched systemd's PID 1, in our pid namespace, when known.
     manager_pid: Option<i32>,
-    incidents: UnboundedSender<Incident>,
+    incidents: UnboundedSender<Notice>,
 }
 
 impl Dispatcher {
     #[must_use]
     pub(crate) fn new(
-        journal: std::sync::mpsc::Sender<journal::Request>,
+        journal: journal::Readers,
         recovery: Recovery,
-        incidents: UnboundedSender<Incident>,
+        incidents: UnboundedSender<Notice>,
         manager_pid: Option<i32>,
     ) -> Self {
         let recovery = Arc::new(recovery);
         let mut watchers = super::liveness::spawn(&recovery, &incidents);
-        super::states::spawn(&mut watchers, &recovery, &incidents, &journal);
+        let following = super::states::spawn(&mut watchers, &recovery, &incidents, &journal);
         Self {
             journal,
             recovery,
             tasks: JoinSet::new(),
+            coalesced: 0,
             watchers,
+            following,
             manager_pid,
             incidents,
         }
@@ -83,12 +92,13 @@ impl Dispatcher {
                 if config.units != before.units {
                     self.watchers.abort_all();
                     self.watchers = super::liveness::spawn(&self.recovery, &self.incidents);
-                    super::states::spawn(
+                    // Said ready already: nobody waits for the new watcher to follow.
+                    drop(super::states::spawn(
                         &mut self.watchers,
                         &self.recovery,
                         &self.incidents,
                         &self.journal,
-                    );
+                    ));
                 }
                 let root = self.recovery.root().to_owned();
                 self.tasks.spawn(async move {
@@ -116,6 +126,20 @@ impl Dispatcher {
         // A run whose main process died, or that detector stopped: the rest of it dies with it.
         if let Some(owner) = self.recovery.owner(&unit, run) {
             owner.with(|i| i.add_death(record));
+            return false;
+        }
+        // A storm across more units than this: the death keeps its record (and its metrics), but
+        // opens no incident of its own until the open ones drain; counted and said.
+        if self.tasks.len() >= MAX_OPEN {
+            self.coalesced += 1;
+            if self.coalesced == 1 || self.coalesced.is_multiple_of(1000) {
+                tracing::warn!(
+                    coalesced = self.coalesced,
+                    open = self.tasks.len(),
+                    unit,
+                    "too many incidents open at once; deaths past the bound open none of their own"
+                );
+            }
             return false;
         }
         match record.role {
@@ -163,7 +187,7 @@ impl Dispatcher {
         }
         let (answer, journaled) = oneshot::channel();
         // Sending fails only without a journal thread; the incident then goes out without lines.
-        let _ = self.journal.send(journal::Request::Death {
+        self.journal.ask(journal::Request::Death {
             unit: unit.clone(),
             record: Box::new(record.clone()),
             answer,
@@ -198,7 +222,7 @@ impl Dispatcher {
             task: None,
         };
         let (answer, journaled) = oneshot::channel();
-        let _ = self.journal.send(journal::Request::Death {
+        self.journal.ask(journal::Request::Death {
             unit: unit.to_owned(),
             record: Box::new(record.clone()),
             answer,
@@ -214,6 +238,18 @@ impl Dispatcher {
         self.recovery.set_group(unit, group);
     }
 
+    /// Waits (a few seconds at most) until systemd's unit states are followed, so that the
+    /// daemon says it is ready only when a unit failing at once would be seen.
+    pub(crate) async fn watching(&mut self) {
+        if let Some(following) = self.following.take()
+            && tokio::time::timeout(Duration::from_secs(5), following)
+                .await
+                .is_err()
+        {
+            tracing::warn!("systemd's unit states are not followed yet; going on without waiting");
+        }
+    }
+
     /// The next finished incident task (pending forever while there is none); a task that failed
     /// is logged.
     pub(crate) async fn join_next(&mut self) {
@@ -226,11 +262,11 @@ impl Dispatcher {
     }
 
     /// At shutdown: every incident begun still gets out, finished within [`SHUTDOWN_GRACE`] or
-    /// as far as it got. Returns the incidents that were still in the channel.
+    /// as far as it got. Returns the notices that were still in the channel.
     pub(crate) async fn finish(
         &mut self,
-        incidents: &mut UnboundedReceiver<Incident>,
-    ) -> Vec<Incident> {
+        incidents: &mut UnboundedReceiver<Notice>,
+    ) -> Vec<Notice> {
         // An incident they have under way goes out `interrupted` (see `interrupt_all`).
         self.watchers.abort_all();
         while self.watchers.join_next().await.is_some() {}
@@ -250,8 +286,8 @@ impl Dispatcher {
         }
         self.recovery.interrupt_all();
         let mut left = Vec::new();
-        while let Ok(incident) = incidents.try_recv() {
-            left.push(incident);
+        while let Ok(notice) = incidents.try_recv() {
+            left.push(notice);
         }
         left
     }

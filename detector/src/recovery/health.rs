@@ -10,9 +10,15 @@ use crate::config::Health;
 /// A client for health checks. It ignores `HTTP_PROXY` and friends: the endpoint is the unit's
 /// own, and a proxy in between would check the proxy.
 #[must_use]
-pub(crate) fn client() -> reqwest::Client {
+pub(crate) fn client(follow_redirects: bool) -> reqwest::Client {
+    let redirects = if follow_redirects {
+        reqwest::redirect::Policy::limited(5)
+    } else {
+        reqwest::redirect::Policy::none()
+    };
     reqwest::Client::builder()
         .no_proxy()
+        .redirect(redirects)
         .build()
         .unwrap_or_else(|e| {
             // Building fails only when the TLS backend or resolver cannot start; we have neither.
@@ -100,6 +106,7 @@ mod tests {
     fn health(url: &str, expect: u16) -> Health {
         Health {
             url: url::Url::parse(url).expect("url"),
+            follow_redirects: false,
             expect,
             timeout: Duration::from_millis(300),
             interval: Duration::from_millis(20),
@@ -135,7 +142,7 @@ mod tests {
             .local_addr()
             .expect("addr")
             .port();
-        let client = client();
+        let client = client(false);
         let until = || Instant::now() + Duration::from_millis(400);
         let check = |port: u16, expect| health(&format!("http://127.0.0.1:{port}/health"), expect);
         assert_eq!(

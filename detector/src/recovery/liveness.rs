@@ -16,16 +16,13 @@ use tokio::{sync::mpsc::UnboundedSender, task::JoinSet};
 use super::{Failure, Kind, Recovery, health};
 use crate::{
     config::UnitPolicy,
-    incident::{Incident, Progress},
+    incident::{Incident, Notice, Progress},
     kernel::clock::{self, Clock},
 };
 
 /// Starts one liveness task per unit that asks for one (templates are skipped: their instances
 /// are not known in advance).
-pub(crate) fn spawn(
-    recovery: &Arc<Recovery>,
-    incidents: &UnboundedSender<Incident>,
-) -> JoinSet<()> {
+pub(crate) fn spawn(recovery: &Arc<Recovery>, incidents: &UnboundedSender<Notice>) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     for policy in &recovery.config().units {
         if policy.liveness.is_some() && policy.health.is_some() && !policy.name.contains("@.") {
@@ -40,7 +37,7 @@ pub(crate) fn spawn(
 }
 
 /// Polls one unit for as long as the daemon runs.
-async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: UnboundedSender<Incident>) {
+async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: UnboundedSender<Notice>) {
     let (Some(liveness), Some(check)) = (policy.liveness, policy.health.clone()) else {
         return;
     };
@@ -74,7 +71,9 @@ async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: Unbounded
             failed = 0;
             continue;
         };
-        let Err(last) = health::check(recovery.http(), &check, check.timeout).await else {
+        let checked = health::check(recovery.http(&check), &check, check.timeout).await;
+        recovery.note_health(unit, checked.is_ok());
+        let Err(last) = checked else {
             failed = 0;
             continue;
         };
@@ -102,7 +101,7 @@ async fn unhealthy(
     recovery: &Recovery,
     policy: &UnitPolicy,
     invocation: Option<String>,
-    incidents: &UnboundedSender<Incident>,
+    incidents: &UnboundedSender<Notice>,
     url: &url::Url,
     every: Duration,
     last: &str,
@@ -123,6 +122,8 @@ async fn unhealthy(
         Clock::now().rfc3339(now),
     );
     let progress = Arc::new(Progress::new(incident, incidents.clone()));
+    // The cause is what the checks got: known from the start.
+    progress.opened();
     // The deaths of the run we kill are this incident's, not new ones.
     recovery.own_run(unit, invocation.as_deref(), &progress);
     if policy.restarts() {

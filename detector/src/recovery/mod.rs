@@ -20,10 +20,11 @@ mod restart;
 mod settle;
 mod states;
 pub(crate) mod systemd;
+mod tracks;
 mod workers;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -36,7 +37,7 @@ use tokio::{
 
 pub(crate) use self::dispatch::{Dispatcher, check_units};
 use self::{
-    policy::{History, Plan},
+    policy::Plan,
     restart::give_up,
     systemd::{ActionError, Systemd},
 };
@@ -57,53 +58,21 @@ const REAP_WAIT: Duration = Duration::from_secs(1);
 /// Added to `RestartSec=` when watching systemd's own restart: its timer, then the start.
 pub(crate) const WATCH_MARGIN: Duration = Duration::from_secs(30);
 
-/// Per-unit state kept across failures.
-#[derive(Default)]
-struct Track {
-    history: History,
-    /// Bumped at each failure, so that a recovery still running for the last one stops.
-    deaths: Option<watch::Sender<u64>>,
-    /// Runs an open incident owns (a main process died, detector restarted or killed them):
-    /// every later death in them is part of that incident. Closed ones are dropped as found.
-    owned: Vec<(Option<String>, Arc<Progress>)>,
-    /// The latest incident opened by a worker's death, while it is open.
-    group: Option<workers::Group>,
-    /// A run whose workers' deaths are no longer incidents: its respawn loop was reported or
-    /// given up, or detector restarted it.
-    quiet: Option<Run>,
-    /// The latest runs that had an incident, open or done: systemd's account of their failure
-    /// (the state watcher) is part of it, not another.
-    had_incident: std::collections::VecDeque<Run>,
-}
-
-/// A run of a unit, by its invocation id (None: not known).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Run(Option<String>);
-
-/// Most runs a unit's track remembers as owned, or as having had an incident; the oldest goes
-/// first.
-const MAX_OWNED: usize = 8;
-
-impl Track {
-    fn remember(&mut self, invocation: Option<&str>) {
-        let run = Run(invocation.map(str::to_owned));
-        if !self.had_incident.contains(&run) {
-            if self.had_incident.len() >= MAX_OWNED {
-                self.had_incident.pop_front();
-            }
-            self.had_incident.push_back(run);
-        }
-    }
-}
+/// Each health-checked unit's last verdict (true: its check passed), from liveness polls and
+/// the checks after a restart. Shared with whoever reports it (the metrics).
+pub(crate) type HealthBoard = Arc<Mutex<BTreeMap<String, bool>>>;
 
 /// The recovery side of the daemon, shared by the tasks handling deaths.
 pub(crate) struct Recovery {
     root: PathBuf,
     config: Arc<Live>,
     bus: tokio::sync::Mutex<Option<Arc<Systemd>>>,
-    units: Mutex<HashMap<String, Track>>,
-    /// Made at the first health check: a daemon without any costs no memory for it.
+    units: Mutex<HashMap<String, tracks::Track>>,
+    /// Made at the first health check: a daemon without any costs no memory for it. Two: one
+    /// that follows redirects, for the checks whose configuration asks.
     http: std::sync::OnceLock<reqwest::Client>,
+    http_following: std::sync::OnceLock<reqwest::Client>,
+    health: HealthBoard,
 }
 
 /// How a unit failed, for what recovering it takes.
@@ -138,7 +107,23 @@ impl Recovery {
             bus: tokio::sync::Mutex::new(bus.map(Arc::new)),
             units: Mutex::new(HashMap::new()),
             http: std::sync::OnceLock::new(),
+            http_following: std::sync::OnceLock::new(),
+            health: HealthBoard::default(),
         }
+    }
+
+    /// The units' last health verdicts, for reporting.
+    #[must_use]
+    pub(crate) fn health_board(&self) -> HealthBoard {
+        Arc::clone(&self.health)
+    }
+
+    /// Notes the verdict of `unit`'s latest health check.
+    pub(crate) fn note_health(&self, unit: &str, healthy: bool) {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(unit.to_owned(), healthy);
     }
 
     /// The configuration in force.
@@ -175,139 +160,14 @@ impl Recovery {
         self.bus.lock().await.take();
     }
 
-    fn with_track<T>(&self, unit: &str, f: impl FnOnce(&mut Track) -> T) -> T {
-        let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
-        f(units.entry(unit.to_owned()).or_default())
-    }
-
-    /// Notes a failure of `unit`: a recovery still running for an earlier one stops. Returns
-    /// what this failure's recovery watches for the next.
-    pub(crate) fn failed(&self, unit: &str) -> watch::Receiver<u64> {
-        self.with_track(unit, |track| {
-            let sender = track.deaths.get_or_insert_with(|| watch::channel(0).0);
-            sender.send_modify(|n| *n += 1);
-            let mut receiver = sender.subscribe();
-            receiver.borrow_and_update();
-            receiver
-        })
-    }
-
-    pub(crate) fn restarted(&self, unit: &str) {
-        self.with_track(unit, |track| track.history.restarted(Instant::now()));
-    }
-
-    /// From now on, every death in `unit`'s run `invocation` is part of `progress`'s incident.
-    pub(crate) fn own_run(&self, unit: &str, invocation: Option<&str>, progress: &Arc<Progress>) {
-        self.with_track(unit, |track| {
-            track.owned.retain(|(_, p)| p.is_open());
-            if track.owned.len() >= MAX_OWNED {
-                track.owned.remove(0);
-            }
-            track
-                .owned
-                .push((invocation.map(str::to_owned), Arc::clone(progress)));
-            track.remember(invocation);
-        });
-    }
-
-    /// Whether `unit`'s run `invocation` had an incident (and whether a death was ever seen in
-    /// `unit` at all, with `invocation` None: then any of its runs).
-    pub(crate) fn had_incident(&self, unit: &str, invocation: Option<&str>) -> bool {
-        let units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
-        units
-            .get(unit)
-            .is_some_and(|t| t.had_incident.iter().any(|r| r.0.as_deref() == invocation))
-    }
-
-    /// Whether a death was ever seen in `unit`.
-    pub(crate) fn knows(&self, unit: &str) -> bool {
-        let units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
-        units.contains_key(unit)
-    }
-
-    /// The open incident that owns `unit`'s run `invocation`, if any.
-    pub(crate) fn owner(&self, unit: &str, invocation: Option<&str>) -> Option<Arc<Progress>> {
-        self.with_track(unit, |track| {
-            track.owned.retain(|(_, p)| p.is_open());
-            track
-                .owned
-                .iter()
-                .rev()
-                .find(|(run, _)| run.as_deref() == invocation)
-                .map(|(_, p)| Arc::clone(p))
-        })
-    }
-
-    /// Whether an incident of `unit` is open (a recovery, or a burst of worker deaths).
-    pub(crate) fn busy(&self, unit: &str) -> bool {
-        self.with_track(unit, |track| {
-            track.owned.retain(|(_, p)| p.is_open());
-            !track.owned.is_empty() || track.group.as_ref().is_some_and(workers::Group::is_open)
-        })
-    }
-
-    /// Worker deaths in `unit`'s run `invocation` are no longer incidents.
-    pub(crate) fn quiet(&self, unit: &str, invocation: Option<&str>) {
-        self.with_track(unit, |track| {
-            track.quiet = Some(Run(invocation.map(str::to_owned)));
-        });
-    }
-
-    pub(crate) fn is_quiet(&self, unit: &str, invocation: Option<&str>) -> bool {
-        self.with_track(unit, |track| {
-            track
-                .quiet
-                .as_ref()
-                .is_some_and(|run| run.0.as_deref() == invocation)
-        })
-    }
-
-    /// The open worker incident of `unit`'s run `invocation`, to count one more death in.
-    pub(crate) fn group(&self, unit: &str, invocation: Option<&str>) -> Option<workers::Group> {
-        self.with_track(unit, |track| {
-            track
-                .group
-                .as_ref()
-                .filter(|g| g.is_open() && g.invocation.as_deref() == invocation)
-                .cloned()
-        })
-    }
-
-    /// Takes the open worker incident of `unit`, if any (a main process's death takes it over).
-    pub(crate) fn take_group(&self, unit: &str) -> Option<workers::Group> {
-        self.with_track(unit, |track| {
-            track.group.take().filter(workers::Group::is_open)
-        })
-    }
-
-    pub(crate) fn set_group(&self, unit: &str, group: workers::Group) {
-        self.with_track(unit, |track| {
-            track.remember(group.invocation.as_deref());
-            track.group = Some(group);
-        });
-    }
-
-    /// At shutdown, once no task runs any more: every incident still open goes out as far as it
-    /// got, marked `interrupted` (the tasks that held them are gone, but the tracks still do).
-    pub(crate) fn interrupt_all(&self) {
-        let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
-        for track in units.values_mut() {
-            for (_, progress) in track.owned.drain(..) {
-                progress.interrupt();
-            }
-            if let Some(group) = track.group.take() {
-                group.progress.interrupt();
-            }
-        }
-    }
-
-    /// The health-check client, made at the first check.
-    pub(crate) fn http(&self) -> &reqwest::Client {
-        self.http.get_or_init(health::client)
-    }
-
-    pub(crate) fn recent(&self, unit: &str, window: Duration) -> usize {
-        self.with_track(unit, |track| track.history.recent(Instant::now(), window))
+    /// The health-check client for `check`, made at its first use.
+    pub(crate) fn http(&self, check: &crate::config::Health) -> &reqwest::Client {
+        let (cell, follow) = if check.follow_redirects {
+            (&self.http_following, true)
+        } else {
+            (&self.http, false)
+        };
+        cell.get_or_init(|| health::client(follow))
     }
 
     /// Carries out `policy` for a failure of `unit`'s run `old`, writing steps into `progress`.
@@ -413,7 +273,8 @@ impl Recovery {
 /// Everything about one death in a service: the journal's account and, for a unit failure
 /// under a restarting policy, the recovery. `fast` says the death is known to be a unit's main
 /// or control process (its parent is the manager), so the recovery need not wait for the
-/// journal. Sends the incident when both are done; nothing when the death did not fail its unit.
+/// journal. Announces the incident once the journal has spoken, and sends it when both are done;
+/// nothing when the death did not fail its unit.
 pub(crate) async fn handle(
     recovery: Arc<Recovery>,
     unit: String,
@@ -435,10 +296,14 @@ pub(crate) async fn handle(
                 kind: Kind::Stopped,
             };
             let recover = recovery.recover(&unit, &policy, failure, &progress, deaths);
-            let (journaled, ()) = tokio::join!(journal, recover);
-            if let Ok(account) = journaled {
-                progress.with(|i| i.journaled(account));
-            }
+            // Announced as soon as the journal has spoken, while the recovery goes on.
+            let journaled = async {
+                if let Ok(account) = journal.await {
+                    progress.with(|i| i.journaled(account));
+                }
+                progress.opened();
+            };
+            tokio::join!(journaled, recover);
         }
         acting => {
             match journal.await {
@@ -455,6 +320,7 @@ pub(crate) async fn handle(
                 // No journal thread: we cannot tell the main process, so every death counts.
                 Err(_) => {}
             }
+            progress.opened();
             if let Some(policy) = acting {
                 let deaths = recovery.failed(&unit);
                 let failure = Failure {

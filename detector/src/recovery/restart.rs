@@ -144,7 +144,7 @@ impl Recovery {
         }
         let ms = progress.timed_step("unit_active", None);
         progress.with(|i| i.crash_to_active_ms = Some(ms));
-        self.check_health(policy, progress).await;
+        self.check_health(unit, policy, progress).await;
         Ok(Action::Restarted)
     }
 
@@ -165,17 +165,19 @@ impl Recovery {
             i.crash_to_restart_ms = Some(ms);
             i.crash_to_active_ms = Some(ms);
         });
-        self.check_health(policy, progress).await;
+        self.check_health(unit, policy, progress).await;
         Action::Watched
     }
 
     /// Polls the unit's health check, if it has one, until it passes or its deadline.
-    async fn check_health(&self, policy: &UnitPolicy, progress: &Progress) {
+    async fn check_health(&self, unit: &str, policy: &UnitPolicy, progress: &Progress) {
         let Some(health) = &policy.health else {
             return;
         };
         let until = Instant::now() + health.deadline;
-        match health::wait_healthy(self.http.get_or_init(health::client), health, until).await {
+        let verdict = health::wait_healthy(self.http(health), health, until).await;
+        self.note_health(unit, matches!(verdict, Verdict::Healthy { .. }));
+        match verdict {
             Verdict::Healthy { attempts } => {
                 let ms = progress.timed_step(
                     "health_ok",

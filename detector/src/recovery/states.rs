@@ -12,12 +12,7 @@
 //!
 //! Interfaces: <https://www.freedesktop.org/software/systemd/man/latest/org.freedesktop.systemd1.html>.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, num::NonZeroUsize, path::Path, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
 use tokio::{
@@ -31,7 +26,7 @@ use super::{
     systemd::{Systemd, hex},
 };
 use crate::{
-    incident::{Incident, Progress},
+    incident::{Incident, Notice, Progress},
     journal::{self, Account},
     kernel::clock::{self, Clock},
 };
@@ -43,19 +38,26 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 /// Starts the watcher in `tasks` when the configuration lists units (the units it watches are
 /// those, and any a death was seen in).
+///
+/// Returns what says the watcher follows systemd's signals (None without a watcher): the daemon
+/// says it is ready only then, so that a unit failing right after is not missed.
 pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     recovery: &Arc<Recovery>,
-    incidents: &UnboundedSender<Incident>,
-    journal: &std::sync::mpsc::Sender<journal::Request>,
-) {
-    if !recovery.config().units.is_empty() {
-        tasks.spawn(watch(
-            Arc::clone(recovery),
-            incidents.clone(),
-            journal.clone(),
-        ));
+    incidents: &UnboundedSender<Notice>,
+    journal: &journal::Readers,
+) -> Option<oneshot::Receiver<()>> {
+    if recovery.config().units.is_empty() {
+        return None;
     }
+    let (ready, following) = oneshot::channel();
+    tasks.spawn(watch(
+        Arc::clone(recovery),
+        incidents.clone(),
+        journal.clone(),
+        ready,
+    ));
+    Some(following)
 }
 
 /// `_2e` → `.` and the like: the unit name in a systemd unit object path's last component.
@@ -91,13 +93,20 @@ fn string(value: Option<&OwnedValue>) -> Option<String> {
 /// Follows the bus for as long as the daemon runs, connecting again when it goes.
 async fn watch(
     recovery: Arc<Recovery>,
-    incidents: UnboundedSender<Incident>,
-    journal: std::sync::mpsc::Sender<journal::Request>,
+    incidents: UnboundedSender<Notice>,
+    journal: journal::Readers,
+    ready: oneshot::Sender<()>,
 ) {
-    let mut handled: HashMap<String, Option<String>> = HashMap::new();
+    let mut watcher = Watcher {
+        recovery,
+        incidents,
+        journal,
+        handled: HashMap::new(),
+        ready: Some(ready),
+    };
     let mut last_error = String::new();
     loop {
-        if let Err(e) = follow(&recovery, &incidents, &journal, &mut handled).await
+        if let Err(e) = watcher.follow().await
             && e != last_error
         {
             tracing::warn!("unit states: {e}; trying again every {RECONNECT:?}");
@@ -107,105 +116,154 @@ async fn watch(
     }
 }
 
-async fn follow(
-    recovery: &Arc<Recovery>,
-    incidents: &UnboundedSender<Incident>,
-    journal: &std::sync::mpsc::Sender<journal::Request>,
-    handled: &mut HashMap<String, Option<String>>,
-) -> Result<(), String> {
-    // The last (ActiveState, SubState) each unit was seen in: systemd sends every property of
-    // the interface with each change (a restart job appearing repeats `auto-restart`), so only a
-    // change of state is acted on.
-    let mut states: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
-    let bus = Systemd::connect(recovery.root())
-        .await
-        .map_err(|e| e.to_string())?;
-    let rule = zbus::MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .interface("org.freedesktop.DBus.Properties")
-        .member("PropertiesChanged")
-        .path_namespace("/org/freedesktop/systemd1/unit")
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut stream = zbus::MessageStream::for_match_rule(rule, &bus.connection, None)
-        .await
-        .map_err(|e| format!("cannot follow systemd's unit signals: {e}"))?;
-    while let Some(message) = stream.next().await {
-        let Ok(message) = message else { continue };
-        let Some(unit) = message
-            .header()
-            .path()
-            .and_then(|p| p.as_str().rsplit('/').next().map(unescape))
-        else {
-            continue;
-        };
-        if !unit.ends_with(".service")
-            || (recovery.config().policy(&unit).is_none() && !recovery.knows(&unit))
-        {
-            continue;
+/// The watcher's state across reconnections.
+struct Watcher {
+    recovery: Arc<Recovery>,
+    incidents: UnboundedSender<Notice>,
+    journal: journal::Readers,
+    /// The last failed run handled per unit: `failed` and then `auto-restart` of one run are
+    /// one failure.
+    handled: HashMap<String, Option<String>>,
+    /// Fired once, when the signals are first followed.
+    ready: Option<oneshot::Sender<()>>,
+}
+
+impl Watcher {
+    async fn follow(&mut self) -> Result<(), String> {
+        let recovery = Arc::clone(&self.recovery);
+        // The last (ActiveState, SubState) each unit was seen in: systemd sends every property of
+        // the interface with each change (a restart job appearing repeats `auto-restart`), so only a
+        // change of state is acted on.
+        let mut states: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        let bus = Systemd::connect(recovery.root())
+            .await
+            .map_err(|e| e.to_string())?;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface("org.freedesktop.DBus.Properties")
+            .member("PropertiesChanged")
+            .path_namespace("/org/freedesktop/systemd1/unit")
+            .build()
+            .map_err(|e| e.to_string())?;
+        // The stream is polled without pause (a failed run is handled in a task of its own), and
+        // method calls go over the recovery's own connection: a full stream queue would block
+        // this connection's reader, and a reply waited for here would never come.
+        let mut stream =
+            zbus::MessageStream::for_match_rule(rule, &bus.connection, NonZeroUsize::new(4096))
+                .await
+                .map_err(|e| format!("cannot follow systemd's unit signals: {e}"))?;
+        let reconnected = self.ready.is_none();
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
         }
-        let Ok((interface, mut changed, _)) =
-            message
-                .body()
-                .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
-        else {
-            continue;
-        };
-        if interface != "org.freedesktop.systemd1.Unit" {
-            continue;
-        }
-        let active = string(changed.get("ActiveState"));
-        let sub = string(changed.get("SubState"));
-        let state = (active.clone(), sub.clone());
-        if states.insert(unit.clone(), state.clone()).as_ref() == Some(&state) {
-            continue;
-        }
-        if active.as_deref() != Some("failed") && sub.as_deref() != Some("auto-restart") {
-            continue;
-        }
-        // The run the signal speaks of: the one in the signal itself, not whatever runs by the
-        // time we could ask.
-        let signalled = changed
-            .remove("InvocationID")
-            .and_then(|v| Vec::<u8>::try_from(v).ok())
-            .map(|bytes| hex(&bytes));
-        let invocation = match signalled {
-            Some(id) => id,
-            None => match bus.unit(&unit).await {
-                Ok(state) => state.invocation_id,
-                Err(e) => {
-                    tracing::debug!(unit, error = %e, "unit states: cannot read the failed run");
+        // A configured unit that failed while the bus was gone is found by asking. (Not at the
+        // first start: a unit failed before the daemon ran was reported, if at all, by the one
+        // before it.)
+        if reconnected && let Ok(asked) = recovery.bus().await {
+            for policy in &recovery.config().units {
+                if policy.name.contains("@.") {
                     continue;
                 }
-            },
-        };
-        // `failed` and then `auto-restart` of one run are one failure.
-        if handled.get(&unit) == Some(&invocation) {
-            continue;
+                if let Ok(state) = asked.unit(&policy.name).await
+                    && state.active_state == "failed"
+                {
+                    self.failed_run(policy.name.clone(), state.invocation_id);
+                }
+            }
         }
-        handled.insert(unit.clone(), invocation.clone());
-        tokio::time::sleep(SETTLE).await;
-        if recovery.had_incident(&unit, invocation.as_deref()) {
-            continue;
+        tracing::debug!("unit states: following systemd's signals");
+        while let Some(message) = stream.next().await {
+            let Ok(message) = message else { continue };
+            let Some(unit) = message
+                .header()
+                .path()
+                .and_then(|p| p.as_str().rsplit('/').next().map(unescape))
+            else {
+                continue;
+            };
+            if !unit.ends_with(".service")
+                || (recovery.config().policy(&unit).is_none() && !recovery.knows(&unit))
+            {
+                continue;
+            }
+            let Ok((interface, mut changed, _)) =
+                message
+                    .body()
+                    .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
+            else {
+                continue;
+            };
+            if interface != "org.freedesktop.systemd1.Unit" {
+                continue;
+            }
+            let active = string(changed.get("ActiveState"));
+            let sub = string(changed.get("SubState"));
+            let state = (active.clone(), sub.clone());
+            tracing::debug!(unit, ?active, ?sub, "unit states: a change");
+            if states.insert(unit.clone(), state.clone()).as_ref() == Some(&state) {
+                continue;
+            }
+            if active.as_deref() != Some("failed") && sub.as_deref() != Some("auto-restart") {
+                continue;
+            }
+            // The run the signal speaks of: the one in the signal itself, not whatever runs by the
+            // time we could ask.
+            let signalled = changed
+                .remove("InvocationID")
+                .and_then(|v| Vec::<u8>::try_from(v).ok())
+                .map(|bytes| hex(&bytes));
+            let invocation = match signalled {
+                Some(id) => id,
+                None => match self
+                    .recovery
+                    .bus()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .unit(&unit)
+                    .await
+                {
+                    Ok(state) => state.invocation_id,
+                    Err(e) => {
+                        tracing::debug!(unit, error = %e, "unit states: cannot read the failed run");
+                        continue;
+                    }
+                },
+            };
+            self.failed_run(unit, invocation);
         }
-        let (answer, account) = oneshot::channel();
-        let _ = journal.send(journal::Request::Run {
-            unit: unit.clone(),
-            invocation: invocation.clone(),
-            answer,
-        });
-        let progress = Arc::new(Progress::new(
-            opened(&unit, invocation.clone()),
-            incidents.clone(),
-        ));
-        recovery.own_run(&unit, invocation.as_deref(), &progress);
-        let env_files = bus.environment_files(&unit).await.unwrap_or_default();
-        let recovery = Arc::clone(recovery);
+        Err("systemd's bus closed the connection".to_owned())
+    }
+
+    /// Opens an incident for `unit`'s failed run `invocation` (in a task of its own, so that the
+    /// signals are never left unread), unless one of its deaths did.
+    fn failed_run(&mut self, unit: String, invocation: Option<String>) {
+        if self.handled.get(&unit) == Some(&invocation) {
+            return;
+        }
+        self.handled.insert(unit.clone(), invocation.clone());
+        let recovery = Arc::clone(&self.recovery);
+        let incidents = self.incidents.clone();
+        let journal = self.journal.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(SETTLE).await;
+            if recovery.had_incident(&unit, invocation.as_deref()) {
+                return;
+            }
+            let (answer, account) = oneshot::channel();
+            journal.ask(journal::Request::Run {
+                unit: unit.clone(),
+                invocation: invocation.clone(),
+                answer,
+            });
+            let progress = Arc::new(Progress::new(opened(&unit, invocation.clone()), incidents));
+            recovery.own_run(&unit, invocation.as_deref(), &progress);
+            let env_files = match recovery.bus().await {
+                Ok(bus) => bus.environment_files(&unit).await.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
             recover(&recovery, &unit, invocation, &progress, account, &env_files).await;
         });
     }
-    Err("systemd's bus closed the connection".to_owned())
 }
 
 fn opened(unit: &str, invocation: Option<String>) -> Incident {
@@ -228,10 +286,7 @@ fn missing_files(root: &Path, files: &[(String, bool)]) -> Vec<String> {
     files
         .iter()
         .filter(|(_, optional)| !optional)
-        .filter(|(path, _)| {
-            let inside: PathBuf = root.join(path.trim_start_matches('/'));
-            !inside.exists()
-        })
+        .filter(|(path, _)| !crate::unit::root::exists(root, path))
         .map(|(path, _)| path.clone())
         .collect()
 }
@@ -261,6 +316,7 @@ async fn recover(
             i.role = "unit";
         });
     }
+    progress.opened();
     if let Some(policy) = recovery
         .config()
         .policy(unit)

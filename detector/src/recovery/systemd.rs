@@ -9,6 +9,8 @@ use std::{path::Path, time::Duration};
 
 use zbus::{OwnedObjectPath, proxy::CacheProperties};
 
+use crate::unit::root;
+
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
     default_service = "org.freedesktop.systemd1",
@@ -111,10 +113,14 @@ pub struct Systemd {
     paths: std::sync::Mutex<std::collections::HashMap<String, OwnedObjectPath>>,
 }
 
+/// Most unit object paths kept (one per unit acted on or watched).
+const MAX_PATHS: usize = 4096;
 /// How long connecting may take: a bus that hangs is as good as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long any one call to systemd may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `RestartSec=` the waits take (a week): `infinity` is `u64::MAX` µs.
+const RESTART_SEC_MAX: Duration = Duration::from_hours(168);
 pub(super) fn hex(bytes: &[u8]) -> Option<String> {
     use std::fmt::Write as _;
     (!bytes.is_empty()).then(|| {
@@ -134,8 +140,15 @@ impl Systemd {
             .join("run/dbus/system_bus_socket")
             .display()
             .to_string();
+        // Resolved inside the machine: a symlink it planted must not lead to the host's bus.
+        let (_held, inside) = root::pinned(root, "/run/dbus/system_bus_socket").map_err(|e| {
+            ActionError::Connect {
+                socket: socket.clone(),
+                source: zbus::Error::InputOutput(std::sync::Arc::new(e)),
+            }
+        })?;
         // A systemd that stops answering must not hold a recovery forever.
-        let build = zbus::connection::Builder::address(format!("unix:path={socket}").as_str())
+        let build = zbus::connection::Builder::address(format!("unix:path={inside}").as_str())
             .method_timeout(CALL_TIMEOUT)
             .build();
         let connect = async {
@@ -194,7 +207,7 @@ impl Systemd {
                 .restart_usec()
                 .await
                 .ok()
-                .map(|us| Duration::from_micros(us).min(crate::config::MAX_DURATION));
+                .map(|us| Duration::from_micros(us).min(RESTART_SEC_MAX));
             state.n_restarts = service.n_restarts().await.ok();
             state.result = service.result().await.ok();
         }
@@ -240,10 +253,15 @@ impl Systemd {
             .load_unit(unit)
             .await
             .map_err(unit_error(unit, "load"))?;
-        self.paths
+        let mut paths = self
+            .paths
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(unit.to_owned(), path.clone());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Paths are cheap to ask again: past the bound the cache starts over.
+        if paths.len() >= MAX_PATHS {
+            paths.clear();
+        }
+        paths.insert(unit.to_owned(), path.clone());
         Ok(path)
     }
 

@@ -92,7 +92,7 @@ async fn observe(
         let wait = match health {
             Some(h) => {
                 let timeout = h.timeout.min(until - now);
-                match health::check(recovery.http(), h, timeout).await {
+                match health::check(recovery.http(h), h, timeout).await {
                     Ok(()) => {
                         return Outcome::Healed {
                             detail: format!("{} answered {}", h.url, h.expect),
@@ -145,8 +145,9 @@ pub(crate) async fn run(
     if let Ok(account) = journal.await {
         progress.with(|i| i.journaled(account));
     }
+    progress.opened();
     let policy = recovery.config().policy(&unit).cloned();
-    match observe(&recovery, policy.as_ref(), &mut counted, opened).await {
+    let (step, what) = match observe(&recovery, policy.as_ref(), &mut counted, opened).await {
         Outcome::Healed { detail, healthy } => {
             let ms = progress.timed_step(
                 if healthy {
@@ -162,6 +163,8 @@ pub(crate) async fn run(
                     i.crash_to_healthy_ms = Some(ms);
                 }
             });
+            progress.finish();
+            return;
         }
         Outcome::Looping { deaths, over } => {
             let what = progress
@@ -176,35 +179,25 @@ pub(crate) async fn run(
                     detail
                 })
                 .unwrap_or_default();
-            progress.step("respawn_loop", Some(what));
-            act(
-                &recovery,
-                &unit,
-                policy.as_ref(),
-                invocation.as_deref(),
-                &progress,
-                failures,
-            )
-            .await;
+            ("respawn_loop", what)
         }
-        Outcome::Down { last } => {
-            progress.step(
-                "health_failed",
-                Some(format!(
-                    "the unit did not answer its health check after its workers died (last: {last})"
-                )),
-            );
-            act(
-                &recovery,
-                &unit,
-                policy.as_ref(),
-                invocation.as_deref(),
-                &progress,
-                failures,
-            )
-            .await;
-        }
-    }
+        Outcome::Down { last } => (
+            "health_failed",
+            format!(
+                "the unit did not answer its health check after its workers died (last: {last})"
+            ),
+        ),
+    };
+    progress.step(step, Some(what));
+    act(
+        &recovery,
+        &unit,
+        policy.as_ref(),
+        invocation.as_deref(),
+        &progress,
+        failures,
+    )
+    .await;
     progress.finish();
 }
 

@@ -10,6 +10,9 @@
 //! kernel for the directory by id with `open_by_handle_at(2)` (kernfs exports `FILEID_KERNFS`
 //! handles, see fs/kernfs/mount.c) and read its path back from /proc/self/fd. Ids are never
 //! reused, so those answers are cached, including "gone".
+//!
+//! Over 400 lines with its tests (the last 80): the resolver's id → path cache, the paths
+//! learned ahead of need and the invocation ids read through them are one piece of state.
 
 use std::{
     collections::HashMap,
@@ -31,6 +34,8 @@ const CACHE_MAX: usize = 16 * 1024;
 /// How long a removed cgroup's path is kept: records are read within milliseconds of a death,
 /// so this only has to outlast a backlog.
 pub(crate) const REMOVED_GRACE: Duration = Duration::from_mins(1);
+/// How often the cgroups believed alive are checked against the kernel.
+const RECHECK: Duration = Duration::from_mins(1);
 
 /// A mounted cgroup hierarchy we can resolve ids in.
 struct Hierarchy {
@@ -118,6 +123,8 @@ pub(crate) struct CgroupResolver {
     known: HashMap<u64, Known>,
     /// The cgroup the watched systemd manages (`/`, or `/payload` for an nspawn machine).
     manager_root: String,
+    /// When the known cgroups were last checked against the kernel.
+    checked: Instant,
 }
 
 impl CgroupResolver {
@@ -154,6 +161,7 @@ impl CgroupResolver {
             memory_v1,
             known: HashMap::new(),
             manager_root,
+            checked: Instant::now(),
         }
     }
 
@@ -225,6 +233,18 @@ impl CgroupResolver {
             k.removed
                 .is_none_or(|at| now.duration_since(at) < REMOVED_GRACE)
         });
+        // A lost rmdir record (a full ring buffer) would keep a removed cgroup, and the
+        // directory fd of a unit's, forever: check the live ones against the kernel now and then.
+        if now.duration_since(self.checked) >= RECHECK {
+            self.checked = now;
+            if let Some(mount) = self.unified.as_ref().map(|h| h.mount_point.clone()) {
+                for known in self.known.values_mut().filter(|k| k.removed.is_none()) {
+                    if !mount.join(known.path.trim_start_matches('/')).exists() {
+                        known.removed = Some(now);
+                    }
+                }
+            }
+        }
     }
 
     /// Path of a cgroup2 id.
@@ -337,6 +357,7 @@ mod tests {
             memory_v1: None,
             known: HashMap::new(),
             manager_root: "/".into(),
+            checked: Instant::now(),
         };
         r.created(7, Some("/system.slice/app.service".into()));
         r.created(8, None);

@@ -24,11 +24,18 @@ pub(crate) fn pid(root: &Path) -> Option<i32> {
 /// The cgroup managed by the systemd instance whose files are at `root`, from the cgroup of its
 /// PID 1 (`/proc/PID/cgroup`, or `ROOT/proc/1/cgroup` when we do not know its pid).
 pub(crate) fn cgroup(root: &Path) -> anyhow::Result<String> {
-    let pid1 = match pid(root) {
-        Some(pid) => PathBuf::from(format!("/proc/{pid}/cgroup")),
-        None => root.join("proc/1/cgroup"),
+    // With the pid known, our own procfs; otherwise the root's, resolved inside it.
+    let (pid1, text) = match pid(root) {
+        Some(pid) => {
+            let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+            (path.clone(), std::fs::read_to_string(&path))
+        }
+        None => (
+            root.join("proc/1/cgroup"),
+            super::root::read_to_string(root, "/proc/1/cgroup"),
+        ),
     };
-    let text = std::fs::read_to_string(&pid1).with_context(|| {
+    let text = text.with_context(|| {
         format!(
             "--root {}: cannot read {} to find the systemd manager's cgroup",
             root.display(),

@@ -13,3 +13,4 @@ pub(crate) mod manager;
 pub(crate) mod names;
 pub(crate) mod ports;
 pub(crate) mod roles;
+pub(crate) mod root;

@@ -1,0 +1,363 @@
+//! Structured entries in the journal of the watched systemd: one per death (`exit`) and two per
+//! incident (opened, resolved), each with a human `MESSAGE`, a fixed `MESSAGE_ID` per kind (the
+//! catalog, `detector/catalog/detector.catalog`, explains each to `journalctl -x`), a `PRIORITY`,
+//! `DETECTOR_*` fields to filter on, the whole record as JSON, and `OBJECT_SYSTEMD_UNIT=<unit>`
+//! so that `journalctl -u UNIT` shows them beside the unit's own lines.
+//!
+//! Sending runs on a thread of its own behind a bounded queue: a slow or hung journald never
+//! holds up the ring buffer. When the queue is full, or the journal is gone, the entry is not
+//! lost: the caller (or the thread) writes its JSON to stdout instead, unless stdout has it
+//! already. A journal that is gone is said once, and once again when it is back.
+
+mod native;
+mod relay;
+
+use std::{
+    path::Path,
+    sync::mpsc::{SyncSender, TrySendError},
+    thread::JoinHandle,
+};
+
+pub(crate) use self::relay::serve as relay;
+use self::{native::field, relay::Relay};
+use super::words;
+use crate::{
+    death::record::ExitRecord,
+    incident::{Incident, Notice, Outcome, Phase},
+    kernel::privileges,
+};
+
+/// `MESSAGE_ID`s, made once with `uuid4().hex`; the catalog has an entry for each.
+pub(crate) const MESSAGE_EXIT: &str = "69d4093271554fbba7ee9c450d7c6350";
+pub(crate) const MESSAGE_OPENED: &str = "5bc8706693cd41bcade611672071ea32";
+pub(crate) const MESSAGE_RECOVERED: &str = "1a7ce902adcb495abaec48df62fb298a";
+pub(crate) const MESSAGE_NOT_RECOVERED: &str = "ebcf3d35e8604b2995917f4ba772ad98";
+
+/// Entries waiting for the thread; past this the caller writes them to stdout instead.
+const QUEUE: usize = 8192;
+/// At shutdown, how long the thread may take to send what is queued.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the daemon waits for the writer to start its relay and drop its capabilities.
+const STARTED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+enum Entry {
+    Exit(Box<ExitRecord>),
+    Notice(Notice),
+}
+
+/// The journal writer: a thread and its queue.
+pub(crate) struct Journal {
+    queue: Option<SyncSender<Entry>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Journal {
+    /// Starts the thread writing to `ROOT/run/systemd/journal/socket`, through a relay in the
+    /// pid namespace of the watched manager (`manager_pid`) when it is not ours. `to_stdout`:
+    /// an entry the journal does not take is written to stdout as JSON (stdout does not have it
+    /// already).
+    pub(crate) fn spawn(root: &Path, manager_pid: Option<i32>, to_stdout: bool) -> Self {
+        let path = root.join("run/systemd/journal/socket");
+        let (queue, entries) = std::sync::mpsc::sync_channel::<Entry>(QUEUE);
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".to_owned())
+            .spawn(move || write_entries(&path, manager_pid, &entries, to_stdout, &started_tx));
+        match thread {
+            Ok(thread) => {
+                // Until its relay is started and it dropped its capabilities (see
+                // `write_entries`): the daemon drops its own next, and says ready after.
+                let _ = started.recv_timeout(STARTED_WAIT);
+                Self {
+                    queue: Some(queue),
+                    thread: Some(thread),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the journal writer: no journal entries");
+                Self {
+                    queue: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+
+    /// Queues a death's entry; false when it cannot be queued (the caller keeps it elsewhere).
+    pub(crate) fn exit(&self, record: &ExitRecord) -> bool {
+        self.push(Entry::Exit(Box::new(record.clone())))
+    }
+
+    /// Queues an incident's entry; false when it cannot be queued.
+    pub(crate) fn notice(&self, notice: &Notice) -> bool {
+        self.push(Entry::Notice(notice.clone()))
+    }
+
+    fn push(&self, entry: Entry) -> bool {
+        match self.queue.as_ref().map(|q| q.try_send(entry)) {
+            Some(Ok(())) => true,
+            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => false,
+        }
+    }
+
+    /// Sends what is queued and stops the thread, waiting at most [`FINISH_WAIT`]: a journald
+    /// that stopped reading must not hold up the daemon's exit.
+    pub(crate) fn finish(mut self) {
+        drop(self.queue.take());
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + FINISH_WAIT;
+        while !thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if !thread.is_finished() {
+            tracing::warn!("the journal did not take every entry before the daemon stopped");
+        } else if thread.join().is_err() {
+            tracing::error!("the journal writer panicked");
+        }
+    }
+}
+
+/// Where the thread sends entries: straight to the socket, or through the relay.
+struct Sender {
+    socket: Option<native::Socket>,
+    relay: Option<Relay>,
+}
+
+impl Sender {
+    fn new(path: &Path, manager_pid: Option<i32>) -> Self {
+        let relay = manager_pid.and_then(|pid| {
+            Relay::start(pid, path).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot start the journal relay in the watched systemd's pid namespace; entries go without _UID, so `journalctl -u` will not show them");
+                None
+            })
+        });
+        let socket = native::Socket::new(path)
+            .map_err(|e| tracing::error!(error = %e, "cannot make a socket for the journal"))
+            .ok();
+        Self { socket, relay }
+    }
+
+    fn send(&mut self, entry: &[u8]) -> std::io::Result<()> {
+        if let Some(relay) = &mut self.relay {
+            match relay.send(entry) {
+                // The pipe broke or closed: the relay is gone. (An errno is the journal's answer,
+                // passed on by a relay that is fine.)
+                Err(e)
+                    if e.raw_os_error().is_none() || e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    tracing::warn!(error = %e, "the journal relay stopped; sending entries directly (without _UID)");
+                    self.relay = None;
+                }
+                done => return done,
+            }
+        }
+        match &self.socket {
+            Some(socket) => socket.send(entry),
+            None => Err(std::io::Error::other("no socket")),
+        }
+    }
+}
+
+/// The thread: every entry to the journal, or to stdout when the journal does not take it.
+fn write_entries(
+    path: &Path,
+    manager_pid: Option<i32>,
+    entries: &std::sync::mpsc::Receiver<Entry>,
+    to_stdout: bool,
+    started: &std::sync::mpsc::Sender<()>,
+) {
+    let mut sender = Sender::new(path, manager_pid);
+    // Entering the machine's pid namespace for the relay takes CAP_SYS_ADMIN: this thread starts
+    // before the daemon drops its capabilities, and drops its own once the relay runs.
+    if let Err(e) = privileges::drop_all_but_kept() {
+        tracing::error!("{e}; the journal writer keeps its capabilities");
+    }
+    let _ = started.send(());
+    let mut gone = false;
+    let mut buf = Vec::with_capacity(4096);
+    for entry in entries {
+        buf.clear();
+        match &entry {
+            Entry::Exit(record) => exit_entry(&mut buf, record),
+            Entry::Notice(notice) => notice_entry(&mut buf, notice),
+        }
+        match sender.send(&buf) {
+            Ok(()) => {
+                if gone {
+                    tracing::info!(journal = %path.display(), "the journal takes entries again");
+                    gone = false;
+                }
+                continue;
+            }
+            Err(e) if !gone => {
+                let then = if to_stdout {
+                    "its entries go to stdout as JSON until it is back"
+                } else {
+                    "stdout still has every record"
+                };
+                tracing::error!(journal = %path.display(), error = %e, "cannot write to the journal; {then}");
+                gone = true;
+            }
+            Err(_) => {}
+        }
+        if to_stdout {
+            fall_back(&entry);
+        }
+    }
+}
+
+/// The entry's JSON on stdout: the record, or the incident once it is resolved.
+fn fall_back(entry: &Entry) {
+    let mut out = super::stdout::Stdout::default();
+    match entry {
+        Entry::Exit(record) => out.push(&**record),
+        Entry::Notice(notice) if notice.phase == Phase::Resolved => out.push(&*notice.incident),
+        Entry::Notice(_) => return,
+    }
+    out.flush();
+}
+
+fn optional(entry: &mut Vec<u8>, key: &str, value: Option<impl ToString>) {
+    if let Some(value) = value {
+        field(entry, key, &value.to_string());
+    }
+}
+
+/// A death's entry.
+fn exit_entry(entry: &mut Vec<u8>, record: &ExitRecord) {
+    // An OOM kill or a core dump always matters; a failing command line (exit 1) rarely does.
+    let priority = if record.oom.is_some() || record.core_dumped {
+        "3"
+    } else if record.signal.is_some() {
+        "4"
+    } else if record
+        .unit
+        .as_deref()
+        .is_some_and(|u| u.ends_with(".service"))
+    {
+        "5"
+    } else {
+        "6"
+    };
+    field(entry, "MESSAGE", &words::exit(record));
+    field(entry, "MESSAGE_ID", MESSAGE_EXIT);
+    field(entry, "PRIORITY", priority);
+    field(entry, "SYSLOG_IDENTIFIER", "detector");
+    field(entry, "DETECTOR_KIND", "exit");
+    field(entry, "DETECTOR_TIME", &record.time);
+    field(entry, "DETECTOR_PID", &record.pid.to_string());
+    field(entry, "DETECTOR_COMM", &record.comm);
+    optional(entry, "DETECTOR_UNIT", record.unit.as_ref());
+    optional(entry, "DETECTOR_USER_UNIT", record.user_unit.as_ref());
+    optional(
+        entry,
+        "DETECTOR_INVOCATION_ID",
+        record.invocation_id.as_ref(),
+    );
+    optional(entry, "DETECTOR_ROLE", record.role);
+    optional(entry, "DETECTOR_SIGNAL", record.signal.as_ref());
+    optional(entry, "DETECTOR_EXIT_CODE", record.exit_code);
+    field(
+        entry,
+        "DETECTOR_WAIT_STATUS",
+        &record.wait_status.to_string(),
+    );
+    if record.core_dumped {
+        field(entry, "DETECTOR_CORE_DUMPED", "1");
+    }
+    if record.oom.is_some() {
+        field(entry, "DETECTOR_OOM", "1");
+    }
+    object_fields(
+        entry,
+        record.unit.as_deref(),
+        record.invocation_id.as_deref(),
+    );
+    optional(entry, "OBJECT_SYSTEMD_USER_UNIT", record.user_unit.as_ref());
+    if let Ok(json) = serde_json::to_string(record) {
+        field(entry, "DETECTOR_RECORD", &json);
+    }
+}
+
+/// `journalctl -u UNIT` matches `OBJECT_SYSTEMD_UNIT=UNIT` on entries from uid 0.
+fn object_fields(entry: &mut Vec<u8>, unit: Option<&str>, invocation: Option<&str>) {
+    optional(entry, "OBJECT_SYSTEMD_UNIT", unit);
+    optional(entry, "OBJECT_SYSTEMD_INVOCATION_ID", invocation);
+}
+
+/// An incident's entry: opened, or resolved (recovered or not).
+fn notice_entry(entry: &mut Vec<u8>, notice: &Notice) {
+    let incident: &Incident = &notice.incident;
+    let (message, id, priority) = match notice.phase {
+        Phase::Opened => (
+            words::opened(incident),
+            MESSAGE_OPENED,
+            if incident.role == "worker" { "4" } else { "3" },
+        ),
+        Phase::Resolved => {
+            let outcome = incident.outcome();
+            let (id, priority) = match outcome {
+                Outcome::Recovered => (MESSAGE_RECOVERED, "5"),
+                Outcome::Down => (MESSAGE_NOT_RECOVERED, "2"),
+                Outcome::Superseded | Outcome::Interrupted => (MESSAGE_NOT_RECOVERED, "4"),
+            };
+            (words::resolved(incident), id, priority)
+        }
+    };
+    field(entry, "MESSAGE", &message);
+    field(entry, "MESSAGE_ID", id);
+    field(entry, "PRIORITY", priority);
+    field(entry, "SYSLOG_IDENTIFIER", "detector");
+    field(entry, "DETECTOR_KIND", "incident");
+    let phase = match notice.phase {
+        Phase::Opened => "opened",
+        Phase::Resolved => "resolved",
+    };
+    field(entry, "DETECTOR_PHASE", phase);
+    field(entry, "DETECTOR_INCIDENT_ID", &incident.id);
+    field(entry, "DETECTOR_UNIT", &incident.unit);
+    field(entry, "DETECTOR_CAUSE", &incident.cause);
+    field(entry, "DETECTOR_DETAIL", &incident.detail);
+    field(entry, "DETECTOR_ROLE", incident.role);
+    optional(entry, "DETECTOR_PID", incident.pid);
+    field(entry, "DETECTOR_DEATHS", &incident.deaths.to_string());
+    optional(
+        entry,
+        "DETECTOR_INVOCATION_ID",
+        incident.invocation_id.as_ref(),
+    );
+    if notice.phase == Phase::Resolved {
+        field(entry, "DETECTOR_OUTCOME", incident.outcome().as_str());
+        field(entry, "DETECTOR_LAST_STEP", incident.last_step());
+        if let Ok(action) = serde_json::to_value(incident.action)
+            && let Some(action) = action.as_str()
+        {
+            field(entry, "DETECTOR_ACTION", action);
+        }
+        optional(
+            entry,
+            "DETECTOR_CRASH_TO_RESTART_MS",
+            incident.crash_to_restart_ms,
+        );
+        optional(
+            entry,
+            "DETECTOR_CRASH_TO_ACTIVE_MS",
+            incident.crash_to_active_ms,
+        );
+        optional(
+            entry,
+            "DETECTOR_CRASH_TO_HEALTHY_MS",
+            incident.crash_to_healthy_ms,
+        );
+    }
+    object_fields(
+        entry,
+        Some(&incident.unit),
+        incident.invocation_id.as_deref(),
+    );
+    if let Ok(json) = serde_json::to_string(incident) {
+        field(entry, "DETECTOR_INCIDENT", &json);
+    }
+}

@@ -1,0 +1,314 @@
+//! The Prometheus metrics: counts kept from the records and incidents the daemon writes, the
+//! kernel programs' counters and the sinks' deliveries, served as OpenMetrics text on `/metrics`
+//! ([`server`]). Names follow Prometheus's conventions (`detector_` prefix, base units, `_total`
+//! for counters); units are labelled `name`, as node_exporter's systemd collector does, with a
+//! bounded set of values ([`names`]). The README lists every metric.
+//!
+//! Updating a figure is an atomic add under a short lock: the main loop never waits on a scrape
+//! for longer than one such update.
+
+mod names;
+pub(crate) mod server;
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::sync::{Arc, PoisonError};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    registry::{Registry, Unit},
+};
+
+use self::names::Names;
+use crate::{
+    config::Config,
+    death::record::ExitRecord,
+    incident::{Action, Incident},
+    kernel::counters::Totals,
+    recovery::HealthBoard,
+};
+
+/// Bounds of the recovery-time histograms, in seconds: a restart is requested within
+/// milliseconds, a service is healthy again within tens of milliseconds to a minute.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+fn seconds_histogram() -> Histogram {
+    Histogram::new(SECONDS_BUCKETS)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnitLabels {
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeathLabels {
+    name: String,
+    /// `exit` (a non-zero exit code), `signal`, `oom` (killed by the OOM killer).
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IncidentLabels {
+    name: String,
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RestartLabels {
+    name: String,
+    /// `detector` (we restarted it) or `systemd` (its own `Restart=`; we watched).
+    by: &'static str,
+    /// How it ended: [`Incident::outcome`].
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The kernel programs' counters and the daemon's own, as monotonic totals.
+#[derive(Default)]
+struct Kernel {
+    emitted: Counter,
+    lost: Counter,
+    read_failures: Counter,
+    map_failures: Counter,
+    undecodable: Counter,
+}
+
+/// A sink's count of what it delivered and what it had to drop.
+#[derive(Clone)]
+pub(crate) struct SinkStats {
+    pub delivered: Counter,
+    pub dropped: Counter,
+}
+
+/// Every figure the daemon exports, and the registry that encodes them.
+pub(crate) struct Metrics {
+    registry: Registry,
+    names: Names,
+    deaths: Family<DeathLabels, Counter>,
+    incidents: Family<IncidentLabels, Counter>,
+    restarts: Family<RestartLabels, Counter>,
+    crash_to_restart: Family<UnitLabels, Histogram, fn() -> Histogram>,
+    crash_to_healthy: Family<UnitLabels, Histogram, fn() -> Histogram>,
+    healthy: Family<UnitLabels, Gauge>,
+    kernel: Kernel,
+    deliveries: Family<SinkLabels, Counter>,
+    drops: Family<SinkLabels, Counter>,
+    board: HealthBoard,
+}
+
+impl Metrics {
+    /// Registers every metric; `board` is the recovery's health verdicts.
+    #[must_use]
+    pub(crate) fn new(config: Arc<Config>, board: HealthBoard) -> Self {
+        let mut registry = Registry::with_prefix("detector");
+        registry.register(
+            "build",
+            "The running detector's version",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        let metrics = Self {
+            names: Names::new(config),
+            deaths: Family::default(),
+            incidents: Family::default(),
+            restarts: Family::default(),
+            crash_to_restart: Family::new_with_constructor(seconds_histogram),
+            crash_to_healthy: Family::new_with_constructor(seconds_histogram),
+            healthy: Family::default(),
+            kernel: Kernel::default(),
+            deliveries: Family::default(),
+            drops: Family::default(),
+            board,
+            registry,
+        };
+        metrics.register()
+    }
+
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "deaths",
+            "Processes that died with a non-zero wait status, by unit and how (exit, signal, oom)",
+            self.deaths.clone(),
+        );
+        r.register(
+            "incidents",
+            "Incidents written, by unit and cause",
+            self.incidents.clone(),
+        );
+        r.register(
+            "restarts",
+            "Recoveries by restart, by unit, who restarted (detector, systemd) and how it ended",
+            self.restarts.clone(),
+        );
+        r.register_with_unit(
+            "crash_to_restart",
+            "From a death (kernel time) to the restart requested, or systemd's own seen",
+            Unit::Seconds,
+            self.crash_to_restart.clone(),
+        );
+        r.register_with_unit(
+            "crash_to_healthy",
+            "From a death (kernel time) to the unit's first passing health check",
+            Unit::Seconds,
+            self.crash_to_healthy.clone(),
+        );
+        r.register(
+            "unit_healthy",
+            "1 if the unit's last health check (liveness or after a restart) passed, else 0",
+            self.healthy.clone(),
+        );
+        let k = &self.kernel;
+        for (name, help, counter) in [
+            (
+                "events",
+                "Records the kernel programs wrote to the ring buffer",
+                &k.emitted,
+            ),
+            (
+                "events_lost",
+                "Records the kernel programs could not write: the ring buffer was full",
+                &k.lost,
+            ),
+            (
+                "kernel_read_failures",
+                "Failed reads of kernel memory in the kernel programs",
+                &k.read_failures,
+            ),
+            (
+                "kernel_map_update_failures",
+                "Failed map updates in the kernel programs",
+                &k.map_failures,
+            ),
+            (
+                "events_undecodable",
+                "Ring-buffer records the daemon could not decode",
+                &k.undecodable,
+            ),
+        ] {
+            r.register(name, help, counter.clone());
+        }
+        r.register(
+            "sink_deliveries",
+            "Records or incidents a sink delivered, by sink",
+            self.deliveries.clone(),
+        );
+        r.register(
+            "sink_drops",
+            "Records or incidents a sink dropped (queue full, write failed), by sink",
+            self.drops.clone(),
+        );
+        self
+    }
+
+    /// A death record as it goes to the sinks.
+    pub(crate) fn death(&self, record: &ExitRecord) {
+        let how = if record.oom.is_some() {
+            "oom"
+        } else if record.signal.is_some() {
+            "signal"
+        } else {
+            "exit"
+        };
+        let unit = record.user_unit.as_deref().or(record.unit.as_deref());
+        let name = self.names.of(unit);
+        self.deaths.get_or_create(&DeathLabels { name, how }).inc();
+    }
+
+    /// A finished incident as it goes to the sinks.
+    pub(crate) fn incident(&self, incident: &Incident) {
+        let name = self.names.of(Some(&incident.unit));
+        self.incidents
+            .get_or_create(&IncidentLabels {
+                name: name.clone(),
+                cause: incident.cause.clone(),
+            })
+            .inc();
+        let by = match incident.action {
+            Action::Restarted | Action::Failed => "detector",
+            Action::Watched => "systemd",
+            Action::Reported | Action::GaveUp => return,
+        };
+        self.restarts
+            .get_or_create(&RestartLabels {
+                name: name.clone(),
+                by,
+                result: incident.ending(),
+            })
+            .inc();
+        let labels = UnitLabels { name };
+        if let Some(ms) = incident.crash_to_restart_ms {
+            self.crash_to_restart
+                .get_or_create(&labels)
+                .observe(ms / 1000.0);
+        }
+        if let Some(ms) = incident.crash_to_healthy_ms {
+            self.crash_to_healthy
+                .get_or_create(&labels)
+                .observe(ms / 1000.0);
+        }
+    }
+
+    /// The kernel programs' totals now, and the records the daemon could not decode.
+    pub(crate) fn kernel(&self, totals: Totals, undecodable: u64) {
+        let k = &self.kernel;
+        for (counter, total) in [
+            (&k.emitted, totals.emitted),
+            (&k.lost, totals.lost),
+            (&k.read_failures, totals.read_failures),
+            (&k.map_failures, totals.map_failures),
+            (&k.undecodable, undecodable),
+        ] {
+            // Only this call adds to them, so the difference is what is new.
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// The counters a sink reports its deliveries and drops in (exported at 0 from the start).
+    #[must_use]
+    pub(crate) fn sink(&self, sink: &'static str) -> SinkStats {
+        let labels = SinkLabels { sink };
+        SinkStats {
+            delivered: self.deliveries.get_or_create_owned(&labels),
+            dropped: self.drops.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The exposition, OpenMetrics text.
+    #[must_use]
+    pub(crate) fn encode(&self) -> String {
+        let verdicts: Vec<(String, bool)> = self
+            .board
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(unit, ok)| (unit.clone(), *ok))
+            .collect();
+        for (unit, ok) in verdicts {
+            let name = self.names.of(Some(&unit));
+            self.healthy
+                .get_or_create(&UnitLabels { name })
+                .set(i64::from(ok));
+        }
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            // Writing to a String cannot fail; a bug in a label's encoding could.
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
+        text
+    }
+}
