@@ -215,6 +215,11 @@ const _: () = assert!(size_of::<DeathEvent>() == 64 + 48 + 152);
 // The ring buffer hands out 8-byte aligned slots; anything wider cannot be reserved in place.
 const _: () = assert!(align_of::<DeathEvent>() == 8);
 
+/// The version of the records' meaning. A daemon decodes records left in a pinned ring buffer by
+/// another build only when this and [`LAYOUTS`] are the same: bump it when a field of a record
+/// changes meaning or place without changing a size.
+pub const RECORD_VERSION: u32 = 1;
+
 /// `(size, alignment)` of each shared type, in a fixed order. The kernel object exports the same
 /// table as the `DETECTOR_LAYOUTS` symbol, built by the BPF compiler; a daemon test compares the two.
 pub const LAYOUTS: [u32; 14] = [

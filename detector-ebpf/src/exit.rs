@@ -150,14 +150,10 @@ fn fill(task: u64, event: &mut DeathEvent) -> Result<(), Error> {
 /// thread in both exit hooks); 0 when no namespace is set or the process is outside it.
 #[inline(always)]
 fn ns_pid() -> u32 {
-    let watch: *const detector_common::Watch = (&raw const WATCH).cast();
-    // SAFETY: as in `fork.rs`: a valid `Watch`, read volatile so the default is not folded in.
-    let (dev, ino) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const (*watch).pidns_dev),
-            core::ptr::read_volatile(&raw const (*watch).pidns_ino),
-        )
+    let Some(watch) = WATCH.get(0) else {
+        return 0;
     };
+    let (dev, ino) = (watch.pidns_dev, watch.pidns_ino);
     if ino == 0 {
         return 0;
     }

@@ -26,10 +26,10 @@ pub(crate) fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_fork(parent: u64, child: u64) -> Result<(), Error> {
-    let watch: *const detector_common::Watch = (&raw const WATCH).cast();
-    // SAFETY: `Global<T>` is `repr(transparent)` over `MaybeUninit<T>` and always holds a valid
-    // `Watch`; the volatile read stops the compiler folding in the default.
-    let manager = unsafe { core::ptr::read_volatile(&raw const (*watch).manager_tgid) };
+    let Some(watch) = WATCH.get(0) else {
+        return Ok(());
+    };
+    let manager = watch.manager_tgid;
     if manager == 0 {
         return Ok(());
     }

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use detector_common::{Offsets, OomInfo, SenderKey, SignalSender, Watch, counter};
 
@@ -42,11 +42,18 @@ pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets::ABSENT);
 #[map]
 pub(crate) static SPAWNED: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// The watched systemd manager, set by the loader.
-// SAFETY: the loader finds this global by its unmangled name to set it; no other symbol in the
-// object has that name.
-#[unsafe(no_mangle)]
-pub(crate) static WATCH: Global<Watch> = Global::new(Watch::NONE);
+/// The watched systemd manager, written by the daemon at every start (entry 0). A map, not a
+/// loader-set global: with pinned links the programs outlive the daemon that loaded them, and a
+/// daemon that reattaches to them may watch another manager (a machine rebooted, another
+/// `--root`); a global would be frozen at the first load.
+#[map]
+pub(crate) static WATCH: Array<Watch> = Array::with_max_entries(1, 0);
+
+/// Counter totals the daemon has already reported, by [`detector_common::counter`] index. Only
+/// the daemon reads and writes it; pinned with `COUNTERS`, it lets a daemon that reattaches
+/// report what was lost while none ran, and nothing twice.
+#[map]
+pub(crate) static REPORTED: Array<u64> = Array::with_max_entries(counter::COUNT, 0);
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]

@@ -1,12 +1,15 @@
 //! `detector run` wired together: probes → ring buffer → decode → correlate → enrich → sinks for
 //! every death; deaths in services go on to the recovery's dispatcher, whose incidents' notices
-//! (opened, resolved) come back here for the sinks. Each stage's logic lives in its folder; this file only connects them and
-//! runs the loop.
+//! (opened, resolved) come back here for the sinks. Each stage's logic lives in its folder; this
+//! file only connects them and runs the loop.
+//!
+//! Over 400 lines: start-up (pins and their backlog, privileges, sinks, metrics, history) and the
+//! loop (ring, ticks, notices, watchdog, SIGHUP) are one sequence, read best in one place.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use sd_notify::NotifyState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -14,15 +17,18 @@ use tokio::{
 };
 
 use crate::{
-    config::Config,
+    config::{Config, Live},
     death::correlate::correlate,
     incident::Notice,
     journal,
     kernel::{
         clock::{self, Clock},
-        counters::Counters,
+        counters::{Counters, Lost},
         decode::{Event, decode},
-        probes::{self, Probes},
+        overlap::Overlap,
+        privileges,
+        probes::{self, Attached, Backlog, Probes},
+        ring::Ring,
     },
     recovery::{self, Dispatcher, Recovery},
     sinks::{
@@ -56,6 +62,10 @@ pub(crate) struct Options {
     pub journal_lines: usize,
     /// Unit policies, cause rules and alert sinks.
     pub config: Config,
+    /// Where they came from, read again on SIGHUP.
+    pub config_path: Option<PathBuf>,
+    /// Pin the kernel programs here, so that they outlive the daemon (`--pin-dir`).
+    pub pin_dir: Option<PathBuf>,
     /// Where records and incidents are written.
     pub output: Output,
 }
@@ -66,6 +76,8 @@ struct Pipeline {
     cgroups: CgroupResolver,
     roles: Roles,
     sinks: Sinks,
+    /// While a new build takes over pinned programs: deaths the old ring already had.
+    overlap: Option<Overlap>,
     received: u64,
     undecodable: u64,
 }
@@ -73,7 +85,7 @@ struct Pipeline {
 impl Pipeline {
     /// Drains, then keeps draining every [`BUSY_PAUSE`] while records keep coming. A death a
     /// recovery may act on at once ends the stretch: its recovery runs on this thread.
-    fn drain_burst(&mut self, ring: &mut RingBuf<MapData>) {
+    fn drain_burst(&mut self, ring: &mut Ring) {
         let start = std::time::Instant::now();
         loop {
             let (read, urgent) = self.drain(ring);
@@ -88,38 +100,84 @@ impl Pipeline {
 
     /// Reads everything in the ring buffer; returns how many records it read, and whether a
     /// recovery wants to run at once.
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> (usize, bool) {
-        let clock = Clock::now();
-        let (mut read, mut pending, mut urgent) = (0, 0, false);
-        while let Some(item) = ring.next() {
-            read += 1;
-            match decode(&item) {
-                Ok(Event::Death(event)) => {
-                    self.received += 1;
-                    let mut record = correlate(&event);
-                    self.cgroups.enrich(&mut record);
-                    self.roles.assign(&mut record);
-                    record.time = clock.rfc3339(record.ktime_ns);
-                    record.latency_us =
-                        clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
-                    self.sinks.record(&record);
-                    urgent |= self.dispatcher.death(&record);
-                    pending += 1;
-                    if pending == FLUSH_EVERY {
-                        self.sinks.flush();
-                        pending = 0;
-                    }
-                }
-                Ok(Event::CgroupMkdir { id, path }) => self.cgroups.created(id, path),
-                Ok(Event::CgroupRmdir { id }) => self.cgroups.removed(id),
-                Err(e) => {
-                    self.undecodable += 1;
-                    tracing::warn!(error = %e, len = item.len(), "skipping an undecodable kernel record");
-                }
+    fn drain(&mut self, ring: &mut Ring) -> (usize, bool) {
+        self.drain_ring(ring, false)
+    }
+
+    /// Reads an older generation's ring before ours: its records, or what they cost.
+    fn drain_backlog(&mut self, mut backlog: Backlog) {
+        if backlog.lost > 0 {
+            self.sinks
+                .lost(&Lost::new(backlog.lost, "ring_buffer_full"));
+        }
+        if backlog.decodable {
+            self.drain_ring(&mut backlog.ring, true);
+        } else {
+            let mut records = 0;
+            while backlog.ring.next().is_some() {
+                records += 1;
+            }
+            backlog.ring.commit();
+            if records > 0 {
+                tracing::warn!(
+                    records,
+                    "records of a build with other layouts were left in its ring: counted as lost"
+                );
+                self.sinks.lost(&Lost::new(records, "incompatible_build"));
             }
         }
         self.sinks.flush();
-        (read, urgent)
+    }
+
+    /// Reads `ring` to its end, handing records to the sinks in batches; each batch is given
+    /// back to the kernel only once the sinks took it, so a daemon killed meanwhile leaves it
+    /// for the next one.
+    fn drain_ring(&mut self, ring: &mut Ring, older: bool) -> (usize, bool) {
+        let clock = Clock::now();
+        let (mut read, mut pending, mut urgent) = (0, 0, false);
+        loop {
+            while let Some(item) = ring.next() {
+                read += 1;
+                match decode(item) {
+                    Ok(Event::Death(event)) => {
+                        if let Some(overlap) = &mut self.overlap {
+                            if older {
+                                overlap.note(&event);
+                            } else if !overlap.is_new(&event) {
+                                continue;
+                            }
+                        }
+                        self.received += 1;
+                        let mut record = correlate(&event);
+                        self.cgroups.enrich(&mut record);
+                        self.roles.assign(&mut record);
+                        record.time = clock.rfc3339(record.ktime_ns);
+                        record.latency_us =
+                            clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
+                        self.sinks.record(&record);
+                        urgent |= self.dispatcher.death(&record);
+                        pending += 1;
+                        if pending == FLUSH_EVERY {
+                            self.sinks.flush();
+                            ring.commit();
+                            pending = 0;
+                        }
+                    }
+                    Ok(Event::CgroupMkdir { id, path }) => self.cgroups.created(id, path),
+                    Ok(Event::CgroupRmdir { id }) => self.cgroups.removed(id),
+                    Err(e) => {
+                        self.undecodable += 1;
+                        tracing::warn!(error = %e, "skipping an undecodable kernel record");
+                    }
+                }
+            }
+            self.sinks.flush();
+            ring.commit();
+            // A record committed while we held back the ring's position woke nobody.
+            if !ring.ready() {
+                return (read, urgent);
+            }
+        }
     }
 
     /// After the last drain: the incidents still open go out, the sinks send what they hold,
@@ -128,8 +186,11 @@ impl Pipeline {
         for notice in self.dispatcher.finish(incidents).await {
             self.sinks.notice(&notice);
         }
+        let (totals, lost) = counters.finish();
+        if let Some(lost) = lost {
+            self.sinks.lost(&lost);
+        }
         self.sinks.finish().await;
-        let totals = counters.finish();
         tracing::info!(
             emitted = totals.emitted,
             received = self.received,
@@ -169,44 +230,72 @@ async fn serve_metrics(
     }
 }
 
-pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
+/// The daemon once started: the pipeline, the ring it reads, the counters, and the notices of
+/// the incidents its recoveries open and finish.
+struct Started {
+    /// The programs stay attached (and the pins locked) while this lives.
+    attached: Attached,
+    pipeline: Pipeline,
+    ring: AsyncFd<Ring>,
+    counters: Counters,
+    incidents: UnboundedReceiver<Notice>,
+    /// The `/metrics` server, when the configuration asks for one.
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Loads (or reattaches to) the kernel programs, builds the pipeline and its sinks, reads what
+/// the kernel wrote while no daemon read, and says ready once systemd's unit states are
+/// followed.
+async fn start(options: &Options) -> anyhow::Result<Started> {
     let manager_root = manager::cgroup(&options.root).unwrap_or_else(|e| {
         // Deaths are still worth reporting without unit names.
         tracing::warn!("{e:#}; units are named as if systemd managed the whole cgroup tree");
         "/".to_owned()
     });
     let manager_pid = manager::pid(&options.root);
-    let Probes { mut ebpf, hooks } = probes::load(options.ringbuf_bytes, manager_pid)?;
+    let Probes {
+        ring,
+        mut counters,
+        hooks,
+        backlog,
+        overlap,
+        reattached,
+        attached,
+    } = probes::load(&probes::Options {
+        ringbuf_bytes: options.ringbuf_bytes,
+        manager_pid,
+        pin_dir: options.pin_dir.clone(),
+    })?;
     for note in &hooks.degraded {
         tracing::warn!("{note}");
     }
-    let ring = ebpf
-        .take_map("EVENTS")
-        .context("kernel object has no EVENTS map")?;
-    let ring = RingBuf::try_from(ring).context("EVENTS is not a ring buffer")?;
-    let counters = ebpf
-        .take_map("COUNTERS")
-        .context("kernel object has no COUNTERS map")?;
-    let mut counters =
-        Counters::new(PerCpuArray::try_from(counters).context("COUNTERS is not a per-CPU array")?);
-    // SAFETY: `RingBuf` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
-    // owns the `RingBuf`) is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+    // The one thread started before: the journal writer, whose relay enters a machine's pid
+    // namespace; it drops its own capabilities once the relay runs.
+    let journal_sink = Sinks::journal(options.output, (&options.root, manager_pid));
+    // Before any other thread starts (capabilities are per thread, and inherited).
+    let kept = privileges::drop_all_but_kept()?;
+    tracing::info!(kept = ?kept, "dropped every other capability");
+    // SAFETY: `Ring` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
+    // owns the `Ring`) is dropped.
+    let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let (incidents_tx, mut incidents) = tokio::sync::mpsc::unbounded_channel();
-    let config = Arc::new(options.config.clone());
+    let (incidents_tx, incidents) = tokio::sync::mpsc::unbounded_channel();
+    let live = Arc::new(Live::new(options.config.clone()));
+    let config = live.get();
     let journal = journal::spawn(&journal::Options {
         root: options.root.clone(),
         lines: options.journal_lines,
         wait: JOURNAL_WAIT,
-        config: Arc::clone(&config),
+        config: Arc::clone(&live),
         manager_root: manager_root.clone(),
         // Without the manager's pid (a container watching /host), our own network namespace
         // is the best guess: such daemons run with the host's network.
         netns_pid: manager_pid.unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
     });
     let bus = recovery::check_units(&options.root, &options.config).await;
-    let recovery = Recovery::new(options.root.clone(), Arc::clone(&config), bus);
+    let recovery = Recovery::new(options.root.clone(), live, bus);
+    // The metrics, the history and the alert sinks are set up once, from the configuration at
+    // start: a reload does not change them (see README, "Reloading").
     let (metrics, history) = measures(&config, &recovery);
     let server = serve_metrics(config.metrics.listen, &metrics).await;
     let mut pipeline = Pipeline {
@@ -218,24 +307,101 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         },
         sinks: Sinks::start(
             options.output,
-            (&options.root, manager_pid),
-            &options.config.alerts,
+            journal_sink,
+            &config.alerts,
             &words::host(&options.root),
             metrics,
             history,
         ),
+        overlap: overlap.map(Overlap::new),
         received: 0,
         undecodable: 0,
     };
     // After the probes: a cgroup created during the scan is also in the ring buffer.
     let known = pipeline.cgroups.scan();
     tracing::debug!(cgroups = known, "learned the cgroup2 tree");
+    // What the kernel wrote while no daemon read: older builds' rings, then ours, and what did
+    // not fit in them.
+    for backlog in backlog {
+        pipeline.drain_backlog(backlog);
+    }
+    if let Some(lost) = counters.report() {
+        pipeline.sinks.lost(&lost);
+    }
+    let mut ring = ring;
+    let (backlog_records, _) = pipeline.drain(ring.get_mut());
+    pipeline.dispatcher.watching().await;
+    ready(
+        &hooks,
+        options,
+        &manager_root,
+        &config,
+        (reattached, backlog_records),
+    );
+    Ok(Started {
+        attached,
+        pipeline,
+        ring,
+        counters,
+        incidents,
+        server,
+    })
+}
+
+/// Says the daemon is ready (the tests wait for this line), with what it watches and serves.
+fn ready(
+    hooks: &probes::Hooks,
+    options: &Options,
+    manager_root: &str,
+    config: &Config,
+    (reattached, backlog_records): (bool, usize),
+) {
+    tracing::info!(
+        exit = hooks.exit,
+        reattached,
+        backlog_records,
+        spawns = hooks.spawns.unwrap_or("none"),
+        oom = hooks.oom.unwrap_or("none"),
+        cgroups = hooks.cgroups.unwrap_or("none"),
+        root = %options.root.display(),
+        manager_cgroup = manager_root,
+        metrics = %config.metrics.listen.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
+        history = %config.history.path.as_deref().map_or_else(|| "off".into(), std::path::Path::to_string_lossy),
+        "detector ready: watching process deaths"
+    );
+}
+
+/// Tells systemd (`Type=notify`), when it started us; a no-op otherwise.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "cannot notify systemd");
+    }
+}
+
+pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
+    // Before "ready": a stop requested right after it must find the handlers in place.
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let Started {
+        attached,
+        mut pipeline,
+        mut ring,
+        mut counters,
+        mut incidents,
+        server,
+    } = start(&options).await?;
+    // Probes attached, units named and followed, backlog read.
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("watching process deaths"),
+    ]);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-
-    pipeline.dispatcher.watching().await;
-    ready(&hooks, &options.root, &manager_root, &config);
+    // Pinged from this loop, the one that reads the ring buffer: a reader stuck anywhere in it
+    // (a bug, a sink that blocks) misses the pings, and systemd restarts the daemon, which with
+    // pins loses nothing.
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_hours(1), |d| d / 2));
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -244,8 +410,14 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 pipeline.drain_burst(guard.get_inner_mut());
             }
             _ = tick.tick() => {
-                counters.report();
+                if let Some(lost) = counters.report() {
+                    pipeline.sinks.lost(&lost);
+                    pipeline.sinks.flush();
+                }
                 pipeline.sinks.metrics().kernel(counters.totals(), pipeline.undecodable);
+                if pipeline.overlap.as_ref().is_some_and(|o| !o.open(clock::monotonic_ns())) {
+                    pipeline.overlap = None;
+                }
                 pipeline.cgroups.sweep(std::time::Instant::now());
             }
             Some(notice) = incidents.recv() => {
@@ -253,29 +425,22 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 pipeline.sinks.flush();
             }
             () = pipeline.dispatcher.join_next() => {}
+            _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+            _ = sighup.recv() => {
+                notify(&[NotifyState::Reloading]);
+                pipeline.dispatcher.reload(options.config_path.as_deref());
+                notify(&[NotifyState::Ready]);
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
+    notify(&[NotifyState::Stopping]);
     pipeline.drain(ring.get_mut());
     pipeline.stop(counters, &mut incidents).await;
     if let Some(server) = server {
         server.abort();
     }
+    drop(attached);
     Ok(())
-}
-
-/// Says the daemon is ready (the tests wait for this line), with what it watches and serves.
-fn ready(hooks: &probes::Hooks, root: &std::path::Path, manager_root: &str, config: &Config) {
-    tracing::info!(
-        exit = hooks.exit,
-        spawns = hooks.spawns.unwrap_or("none"),
-        oom = hooks.oom.unwrap_or("none"),
-        cgroups = hooks.cgroups.unwrap_or("none"),
-        root = %root.display(),
-        manager_cgroup = manager_root,
-        metrics = %config.metrics.listen.map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics")),
-        history = %config.history.path.as_deref().map_or_else(|| "off".into(), std::path::Path::to_string_lossy),
-        "detector ready: watching process deaths"
-    );
 }

@@ -209,15 +209,36 @@ impl Daemon {
         self.with(|s| (s.records.clone(), s.stderr.clone()))
     }
 
-    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would: nothing of its
-    /// shutdown runs. Returns the records it wrote.
+    /// Kills the daemon with SIGKILL, as a crash or the OOM killer would: no drain, no summary.
+    /// Returns every record it wrote before.
+    ///
+    /// # Panics
+    /// If it cannot be killed or its output does not end.
     #[must_use]
     pub fn kill(mut self) -> Vec<Value> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
+        self.child.kill().expect("SIGKILL the daemon");
+        let status = self.child.wait().expect("wait for daemon");
+        assert_eq!(status.signal(), Some(9), "daemon ended with {status}");
         self.wait_until("the daemon's output to end", |s| s.closed);
         self.with(|s| s.records.clone())
+    }
+
+    /// Waits until the daemon's stderr has a line containing `text`, and returns it.
+    ///
+    /// # Panics
+    /// If none comes in time.
+    #[must_use]
+    pub fn log_line(&self, text: &str) -> String {
+        self.wait_until(&format!("a log line with {text:?}"), |s| {
+            s.stderr.iter().any(|l| l.contains(text))
+        });
+        self.with(|s| {
+            s.stderr
+                .iter()
+                .find(|l| l.contains(text))
+                .cloned()
+                .expect("seen")
+        })
     }
 
     fn terminate(&self) {

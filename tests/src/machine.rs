@@ -89,6 +89,16 @@ impl Machine {
     /// As [`Machine::boot`].
     #[must_use]
     pub fn boot_with(units: &[(&str, &str)], files: &[(&str, &str)]) -> Self {
+        Self::boot_with_args(units, files, &[])
+    }
+
+    /// As [`Machine::boot_with`], with more `systemd-nspawn` arguments (capabilities to keep,
+    /// system calls to allow, writable binds).
+    ///
+    /// # Panics
+    /// As [`Machine::boot`].
+    #[must_use]
+    pub fn boot_with_args(units: &[(&str, &str)], files: &[(&str, &str)], args: &[&str]) -> Self {
         let root = std::env::var("DETECTOR_MACHINE_ROOT").unwrap_or_else(|_| {
             panic!(
                 "DETECTOR_MACHINE_ROOT is not set: run with `cargo xtask test`, which prepares it"
@@ -117,6 +127,7 @@ impl Machine {
         for (host, inside) in files {
             cmd.arg(format!("--bind-ro={host}:{inside}"));
         }
+        cmd.args(args);
         let log = std::fs::File::create(dir.path().join("console.log")).expect("console log");
         let nspawn = cmd
             .stdin(Stdio::null())

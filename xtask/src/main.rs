@@ -5,6 +5,8 @@
 //! the nightly rustc's own LLVM (so the bitcode it links is one LLVM version).
 
 mod bench;
+mod fuzz;
+mod package;
 mod setup;
 
 use std::{
@@ -40,6 +42,14 @@ enum Cmd {
     },
     /// Overhead, latency and drop benchmarks; numbers are printed, not asserted.
     Bench,
+    /// The Debian package (cargo-deb): binary, unit, default configuration, state directory.
+    Package,
+    /// Runs each cargo-fuzz target (record decoder, configuration, journal rules) for a while.
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 /// The workspace root (xtask's parent directory).
@@ -77,7 +87,7 @@ fn cargo() -> Command {
 }
 
 /// Builds the release daemon and returns its path.
-fn build_daemon() -> Result<PathBuf> {
+pub(crate) fn build_daemon() -> Result<PathBuf> {
     setup::bpf_toolchain()?;
     setup::build_packages()?;
     run(cargo().args(["build", "--release", "--package", "detector"]))?;
@@ -146,6 +156,7 @@ fn test(args: &[String]) -> Result<()> {
     ])
     .args(args);
     cmd.env("DETECTOR_BIN", &daemon);
+    cmd.env("DETECTOR_DEB", package::deb()?);
     setup::test_packages()?;
     cmd.env("DETECTOR_KERNEL_6_1", setup::kernel_6_1()?);
     cmd.env("DETECTOR_MACHINE_ROOT", setup::machine_root()?);
@@ -168,6 +179,8 @@ fn main() -> Result<()> {
             run(Command::new(daemon).args(args))
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Package => package::deb().map(drop),
+        Cmd::Fuzz { seconds } => fuzz::all(seconds),
         Cmd::Bench => {
             require_root("the benchmarks")?;
             setup::host_for_tests()?;

@@ -12,6 +12,8 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(Args { socket }: &Args) -> anyhow::Result<()> {
+    // Started by a thread that still had every capability: keep only what the daemon keeps.
+    crate::kernel::privileges::drop_all_but_kept()?;
     journal::relay(socket)
         .map_err(|e| anyhow::anyhow!("journal relay to {}: {e}", socket.display()))
 }

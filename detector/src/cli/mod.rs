@@ -10,6 +10,7 @@ mod check_config;
 mod incidents;
 mod journal_relay;
 mod run;
+mod unpin;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     Run(run::Args),
     /// Check a configuration file; name the line of any error.
     CheckConfig(check_config::Args),
+    /// Detach the kernel programs `run --pin-dir` left running, and remove their pins.
+    Unpin(unpin::Args),
     /// Send a sample incident (opened, then resolved) to every alert sink of a configuration,
     /// and print what each receiver answered.
     AlertTest(alert_test::Args),
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::CheckConfig(args) => check_config::run(&args),
+        Command::Unpin(args) => unpin::run(&args),
         Command::AlertTest(args) => alert_test::run(&args),
         Command::JournalRelay(args) => journal_relay::run(&args),
         Command::Incidents(args) => incidents::run(args),

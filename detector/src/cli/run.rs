@@ -39,6 +39,12 @@ pub(super) struct Args {
     /// Unit policies, cause rules and alert sinks (TOML; see `detector check-config`).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Pin the kernel programs, their links and maps in this bpffs directory (the package uses
+    /// /sys/fs/bpf/detector): they keep running while no daemon does, and the next daemon reads
+    /// first what they wrote meanwhile. Without it, the programs detach when the daemon exits.
+    /// `detector unpin` removes the pins.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
     /// Where records and incidents are written. Under systemd, `auto` writes only to the
     /// journal: JSON lines on a stdout the journal already takes would be every entry twice.
     #[arg(long, value_enum, default_value = "auto")]
@@ -86,9 +92,11 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         root,
         journal_lines,
         config,
+        pin_dir,
         output,
     } = args;
-    let config = config
+    let config_path = config;
+    let config = config_path
         .as_deref()
         .map(config::load)
         .transpose()?
@@ -100,6 +108,8 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         root,
         journal_lines,
         config,
+        config_path,
+        pin_dir,
         output: match output {
             OutputArg::Auto => Output::Auto,
             OutputArg::Json => Output::Json,

@@ -50,7 +50,14 @@ pub(crate) mod rules;
 mod tests;
 mod unit;
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -63,7 +70,7 @@ use self::{
     unit::RawUnit,
 };
 pub(crate) use self::{
-    duration::parse_duration,
+    duration::{MAX as MAX_DURATION, parse_duration},
     unit::{CrashLoop, DEFAULT_JOURNAL_LINES, Health, RestartMode, UnitPolicy},
 };
 
@@ -84,6 +91,56 @@ impl Config {
     #[must_use]
     pub(crate) fn policy(&self, unit: &str) -> Option<&UnitPolicy> {
         self.units.iter().find(|p| p.covers(unit))
+    }
+}
+
+/// The configuration in force. A reload (SIGHUP) replaces it whole, or not at all; each reader
+/// takes the one in force for what it decides next.
+#[derive(Debug, Default)]
+pub(crate) struct Live {
+    current: RwLock<Arc<Config>>,
+    /// Counts replacements, so that what is built from the configuration (the journal's rules)
+    /// is built again.
+    version: AtomicU64,
+}
+
+impl Live {
+    #[must_use]
+    pub(crate) fn new(config: Config) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(config)),
+            version: AtomicU64::new(0),
+        }
+    }
+
+    /// The configuration in force.
+    #[must_use]
+    pub(crate) fn get(&self) -> Arc<Config> {
+        // A writer that panicked left a whole `Arc` behind: still a configuration.
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// How many times it was replaced.
+    #[must_use]
+    pub(crate) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Reads `path` again and puts it in force; a bad file changes nothing and says where it is
+    /// wrong.
+    pub(crate) fn reload(&self, path: &Path) -> Result<Arc<Config>, ConfigError> {
+        let config = Arc::new(load(path)?);
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&config);
+        self.version.fetch_add(1, Ordering::AcqRel);
+        Ok(config)
     }
 }
 
@@ -168,7 +225,7 @@ impl Ctx<'_> {
 /// minutes for one health check's or one alert's timeout, an hour for the rest.
 fn max_duration(what: &str) -> Duration {
     match what {
-        "history max_age" => Duration::from_hours(24 * 3650),
+        "history max_age" => MAX_DURATION,
         "crash_loop window" => Duration::from_hours(24),
         "health timeout" | "alert timeout" => Duration::from_mins(5),
         _ => Duration::from_hours(1),

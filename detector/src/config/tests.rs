@@ -224,7 +224,12 @@ fn durations() {
         ("1s", Some(1000)),
         ("5m", Some(300_000)),
         ("1h", Some(3_600_000)),
+        ("168h", Some(604_800_000)),
         ("2d", Some(172_800_000)),
+        ("3650d", Some(315_360_000_000)),
+        ("18446744073709551615m", None),
+        ("18446744073709551615h", None),
+        ("18446744073709551615d", None),
         ("5", None),
         ("s", None),
         ("1.5s", None),
@@ -249,6 +254,54 @@ fn missing_file_is_named() {
         ),
         (0, true),
         "{err}"
+    );
+}
+
+#[test]
+fn a_bad_reload_keeps_the_configuration_in_force() {
+    let file = std::env::temp_dir().join(format!("detector-live-{}.toml", std::process::id()));
+    std::fs::write(&file, "[[unit]]\nname = \"a.service\"\n").expect("write");
+    let live = super::Live::new(load(&file).expect("good"));
+    assert_eq!(live.version(), 0);
+    std::fs::write(
+        &file,
+        "[[unit]]\nname = \"a.service\"\nrestart = \"sometimes\"\n",
+    )
+    .expect("write");
+    let err = live.reload(&file).expect_err("bad");
+    assert_eq!(err.line, 3, "{err}");
+    assert_eq!((live.version(), live.get().units.len()), (0, 1));
+    std::fs::write(
+        &file,
+        "[[unit]]\nname = \"a.service\"\n\n[[unit]]\nname = \"b.service\"\n",
+    )
+    .expect("write");
+    let config = live.reload(&file).expect("good again");
+    let _ = std::fs::remove_file(&file);
+    assert_eq!((live.version(), config.units.len()), (1, 2));
+    assert_eq!(live.get().units.len(), 2);
+}
+
+#[test]
+fn the_packaged_default_configuration_is_accepted() {
+    let text = include_str!("../../packaging/config.toml");
+    let config = parse("/etc/detector/config.toml", text).expect("packaged config");
+    assert!(config.units.is_empty() && config.rules.is_empty());
+    // Every example in it, uncommented, is valid too.
+    let mut examples = String::new();
+    for line in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || l.contains(" = "))
+    {
+        examples.push_str(line.split("  #").next().unwrap_or(line));
+        examples.push('\n');
+    }
+    let config = parse("examples", &examples).unwrap_or_else(|e| panic!("{e}\n{examples}"));
+    assert_eq!(
+        (config.units.len(), config.rules.len()),
+        (1, 1),
+        "{examples}"
     );
 }
 

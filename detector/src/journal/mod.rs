@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 pub(crate) use self::pool::{Readers, spawn};
 use crate::{
-    config::{Config, rules::Rule},
+    config::{Live, rules::Rule},
     death::record::ExitRecord,
     kernel::clock::Clock,
     unit::{names, ports},
@@ -47,8 +47,8 @@ pub(crate) struct Options {
     pub lines: usize,
     /// How long to wait for PID 1's account of a death.
     pub wait: Duration,
-    /// Unit policies and the operator's cause rules.
-    pub config: Arc<Config>,
+    /// Unit policies and the operator's cause rules, as reloaded.
+    pub config: Arc<Live>,
     /// The cgroup the watched systemd manages, for naming the unit that holds a port.
     pub manager_root: String,
     /// A process in the watched systemd's network namespace, for finding who holds a port.
@@ -94,18 +94,37 @@ struct Reader {
     options: Options,
     /// The operator's rules, then the built-in ones.
     rules: Vec<Rule>,
+    /// The configuration's version the rules were built from.
+    rules_version: u64,
     journal: Option<Journal>,
     last_error: String,
 }
 
+/// The operator's rules from `config`, then the built-in ones.
+fn rules(config: &Live) -> (Vec<Rule>, u64) {
+    let version = config.version();
+    let mut rules = config.get().rules.clone();
+    rules.extend(causes::builtin());
+    (rules, version)
+}
+
 impl Reader {
+    /// The rules of the configuration in force, built again after a reload.
+    fn refresh_rules(&mut self) {
+        if self.options.config.version() != self.rules_version {
+            (self.rules, self.rules_version) = rules(&self.options.config);
+        }
+    }
+
     /// What the journal says about a run of `unit` that systemd failed without a death: its
     /// lines, and the cause they (or systemd's `Result=`) tell.
     fn run(&mut self, unit: &str, invocation: Option<String>) -> Account {
         self.ensure_open();
+        self.refresh_rules();
         let n = self
             .options
             .config
+            .get()
             .policy(unit)
             .map_or(self.options.lines, |p| p.journal_lines);
         let mut unread = None;
@@ -154,7 +173,9 @@ impl Reader {
     /// What the journal says about `record`'s death in `unit`.
     fn account(&mut self, unit: &str, record: &ExitRecord) -> Account {
         self.ensure_open();
-        let policy = self.options.config.policy(unit);
+        self.refresh_rules();
+        let config = self.options.config.get();
+        let policy = config.policy(unit);
         let n = policy.map_or(self.options.lines, |p| p.journal_lines);
         let startup_grace = policy.map_or(STARTUP_GRACE, |p| p.startup_grace);
         // Without a journal we cannot tell the main process: every death in a service counts.

@@ -127,8 +127,7 @@ impl Reader {
 pub(crate) fn spawn(options: &Options) -> Readers {
     let (tx, rx) = mpsc::sync_channel::<Request>(QUEUE);
     let rx = Arc::new(Mutex::new(rx));
-    let mut rules = options.config.rules.clone();
-    rules.extend(causes::builtin());
+    let (rules, rules_version) = super::rules(&options.config);
     for n in 0..READERS {
         let rx = Arc::clone(&rx);
         let options = options.clone();
@@ -141,6 +140,7 @@ pub(crate) fn spawn(options: &Options) -> Readers {
                 let mut reader = Reader {
                     options,
                     rules,
+                    rules_version,
                     journal: None,
                     last_error: String::new(),
                 };

@@ -9,10 +9,17 @@
 //! - Must not know: units, systemd, the journal, policies, sinks. Nothing here imports another
 //!   stage.
 
+mod attach;
 pub(crate) mod btf;
 pub(crate) mod clock;
 pub(crate) mod counters;
 pub(crate) mod decode;
+mod maps;
+mod offsets;
+pub(crate) mod overlap;
+pub(crate) mod pins;
+pub(crate) mod privileges;
 pub(crate) mod probes;
 pub(crate) mod random;
+pub(crate) mod ring;
 pub(crate) mod tracefs;

@@ -15,18 +15,34 @@
 //! Raw tracepoints rather than classic ones where we only need the arguments: no record is
 //! formatted for us, which matters on the exit path of every process on the host.
 //!
-//! Over 400 lines with its tests (the last 40): loading is one sequence (offsets, globals, each
-//! hook and its fallback, the maps the programs need at once), read best in one place.
+//! With a pin directory (`--pin-dir`), the programs, their links and maps outlive the daemon
+//! (see [`crate::kernel::pins`]): a daemon of the same build reattaches to them instead of
+//! loading anything, and reads first what they wrote while no daemon ran.
+//!
+//! Over 400 lines with its tests (the last 40): loading is one sequence (pins or a fresh load,
+//! globals, each hook and its fallback, the maps the programs need at once), read best in one
+//! place.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _};
-
-use aya::{
-    Ebpf, EbpfLoader,
-    programs::{FEntry, ProgramError, RawTracePoint, TracePoint},
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
 };
-use detector_common::{ABSENT, Offsets, Watch};
 
-use crate::kernel::{btf::Btf, tracefs};
+use aya::{Ebpf, EbpfLoader, programs::ProgramError};
+use detector_common::{ABSENT, Watch};
+
+pub(crate) use crate::kernel::maps::Backlog;
+use crate::kernel::{
+    attach::Attacher,
+    btf::Btf,
+    clock,
+    counters::Counters,
+    maps::{self, Maps, map_error},
+    offsets,
+    pins::{self, PinDir, Stamp},
+    ring::{Ring, RingError},
+    tracefs,
+};
 
 /// The kernel programs, built by `build.rs` for the BPF target.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
@@ -67,6 +83,18 @@ pub(crate) enum ProbeError {
         "this kernel has neither a `sched_process_exit` tracepoint with `group_dead` nor a `taskstats_exit` function to attach to (CONFIG_TASKSTATS): {0}"
     )]
     NoExitHook(String),
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
+    #[error("pinning the link of `{program}` at {}: {detail}", path.display())]
+    Pin {
+        program: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("kernel map `{name}`: {detail}")]
+    Map { name: &'static str, detail: String },
+    #[error(transparent)]
+    Ring(#[from] RingError),
 }
 
 /// How the running kernel is being watched, for the start-up log and `status` output.
@@ -81,169 +109,38 @@ pub(crate) struct Hooks {
     pub degraded: Vec<String>,
 }
 
-/// Loaded and attached programs. Dropping it detaches everything.
+/// What `load` needs to know.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub ringbuf_bytes: u32,
+    /// The watched systemd's PID 1 in our pid namespace, when known.
+    pub manager_pid: Option<i32>,
+    /// Pin the programs here (bpffs) so that they outlive the daemon.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// The attached programs and the maps the daemon reads. Without pins, dropping it detaches
+/// everything; with pins, the programs run on.
 pub(crate) struct Probes {
-    pub ebpf: Ebpf,
+    pub ring: Ring,
+    pub counters: Counters,
     pub hooks: Hooks,
+    /// Older generations' rings, to read first.
+    pub backlog: Vec<Backlog>,
+    /// Kernel time (ns) when an older generation's programs and ours both ran, so that a death
+    /// then may be in both rings.
+    pub overlap: Option<(u64, u64)>,
+    /// The programs were found pinned and running, not loaded now.
+    pub reattached: bool,
+    /// Hold it as long as the daemon runs.
+    pub attached: Attached,
 }
 
-/// Field offsets from BTF. The ones the death record cannot do without fail start-up; the OOM
-/// ones are left [`ABSENT`] with a note, and the OOM probe then reports less.
-fn kernel_offsets(btf: &Btf, degraded: &mut Vec<String>) -> Result<Offsets, ProbeError> {
-    let mut o = Offsets::ABSENT;
-    let required = |s: &str, f: &str| btf.field_offset(s, f);
-    o.task_pid = required("task_struct", "pid")?;
-    o.task_tgid = required("task_struct", "tgid")?;
-    o.task_real_parent = required("task_struct", "real_parent")?;
-    o.task_group_leader = required("task_struct", "group_leader")?;
-    o.task_signal = required("task_struct", "signal")?;
-    o.task_exit_code = required("task_struct", "exit_code")?;
-    o.task_comm = required("task_struct", "comm")?;
-    o.signal_flags = required("signal_struct", "flags")?;
-    o.signal_group_exit_code = required("signal_struct", "group_exit_code")?;
-    o.siginfo_code = required("kernel_siginfo", "si_code")?;
-    let mut optional = |slot: &mut u32, s: &str, f: &str| match btf.field_offset(s, f) {
-        Ok(v) => *slot = v,
-        Err(e) => degraded.push(format!("OOM memory cgroup: {e}")),
-    };
-    optional(&mut o.task_cgroups, "task_struct", "cgroups");
-    optional(&mut o.css_set_subsys, "css_set", "subsys");
-    optional(&mut o.css_cgroup, "cgroup_subsys_state", "cgroup");
-    optional(&mut o.cgroup_kn, "cgroup", "kn");
-    optional(&mut o.kn_id, "kernfs_node", "id");
-    optional(&mut o.kn_name, "kernfs_node", "name");
-    match btf
-        .enum_values("cgroup_subsys_id")
-        .iter()
-        .find(|(name, _)| name == "memory_cgrp_id")
-    {
-        Some((_, id)) => o.memory_cgrp_id = u32::try_from(*id).unwrap_or(ABSENT),
-        None => degraded.push(
-            "OOM memory cgroup: this kernel has no memory controller (memory_cgrp_id)".to_owned(),
-        ),
-    }
-    Ok(o)
-}
-
-/// Offsets of `oom:mark_victim` record fields; each one missing only costs its figure.
-fn mark_victim_offsets(
-    o: &mut Offsets,
-    format: &HashMap<String, tracefs::Field>,
-    degraded: &mut Vec<String>,
-) {
-    degraded.extend(tracefs::place_fields(
-        "oom:mark_victim",
-        format,
-        &mut [
-            ("pid", 4, &mut o.mv_pid),
-            ("total_vm", 8, &mut o.mv_total_vm),
-            ("anon_rss", 8, &mut o.mv_anon_rss),
-            ("file_rss", 8, &mut o.mv_file_rss),
-            ("shmem_rss", 8, &mut o.mv_shmem_rss),
-            ("oom_score_adj", 2, &mut o.mv_oom_score_adj),
-        ],
-    ));
-}
-
-fn rejected(program: &'static str, e: &ProgramError) -> ProbeError {
-    let detail = match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => format!("{io_error}\nverifier log:\n{verifier_log}"),
-        other => other.to_string(),
-    };
-    ProbeError::Rejected { program, detail }
-}
-
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-{
-    let prog = ebpf
-        .program_mut(name)
-        .ok_or(ProbeError::Missing { program: name })?;
-    prog.try_into().map_err(|e| rejected(name, &e))
-}
-
-fn attach_raw_tp(ebpf: &mut Ebpf, name: &'static str, tracepoint: &str) -> Result<(), ProbeError> {
-    let prog: &mut RawTracePoint = program(ebpf, name)?;
-    prog.load().map_err(|e| rejected(name, &e))?;
-    prog.attach(tracepoint)
-        .map_err(|source| ProbeError::Attach {
-            program: name,
-            target: format!("raw tracepoint {tracepoint}"),
-            source,
-        })?;
-    Ok(())
-}
-
-fn attach_fentry(
-    ebpf: &mut Ebpf,
-    btf: &aya::Btf,
-    name: &'static str,
-    function: &str,
-) -> Result<(), ProbeError> {
-    let prog: &mut FEntry = program(ebpf, name)?;
-    prog.load(function, btf).map_err(|e| rejected(name, &e))?;
-    prog.attach().map_err(|source| ProbeError::Attach {
-        program: name,
-        target: format!("fentry {function}"),
-        source,
-    })?;
-    Ok(())
-}
-
-fn attach_oom(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    attach_raw_tp(ebpf, "memcg_reclaim_begin", "mm_vmscan_memcg_reclaim_begin")?;
-    attach_raw_tp(
-        ebpf,
-        "direct_reclaim_begin",
-        "mm_vmscan_direct_reclaim_begin",
-    )?;
-    let prog: &mut TracePoint = program(ebpf, "mark_victim")?;
-    prog.load().map_err(|e| rejected("mark_victim", &e))?;
-    prog.attach("oom", "mark_victim")
-        .map_err(|source| ProbeError::Attach {
-            program: "mark_victim",
-            target: "tracepoint oom:mark_victim".to_owned(),
-            source,
-        })?;
-    Ok(())
-}
-
-/// Offsets of the `cgroup:cgroup_mkdir` record fields (`cgroup_rmdir` is the same event class);
-/// the programs need all of them.
-fn cgroup_offsets(o: &mut Offsets, format: &HashMap<String, tracefs::Field>) -> Result<(), String> {
-    let problems = tracefs::place_fields(
-        "cgroup:cgroup_mkdir",
-        format,
-        &mut [
-            ("root", 4, &mut o.cg_root),
-            ("level", 4, &mut o.cg_level),
-            ("id", 8, &mut o.cg_id),
-            ("path", 4, &mut o.cg_path),
-        ],
-    );
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("; "))
-    }
-}
-
-fn attach_cgroup(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    for name in ["cgroup_mkdir", "cgroup_rmdir"] {
-        let prog: &mut TracePoint = program(ebpf, name)?;
-        prog.load().map_err(|e| rejected(name, &e))?;
-        prog.attach("cgroup", name)
-            .map_err(|source| ProbeError::Attach {
-                program: name,
-                target: format!("tracepoint cgroup:{name}"),
-                source,
-            })?;
-    }
-    Ok(())
+/// What must live as long as the daemon: without pins, the loaded object, which owns the links
+/// (dropped, the programs detach); with pins, the lock on the pin directory.
+pub(crate) struct Attached {
+    _ebpf: Option<Ebpf>,
+    _pins: Option<PinDir>,
 }
 
 /// The watched manager for the kernel programs: its pid and its pid namespace's identity (as
@@ -270,29 +167,118 @@ fn watch(manager_pid: Option<i32>) -> Watch {
     watch
 }
 
-/// Marks the manager's children that already run (forked before we attached) as spawned by it.
-fn mark_running_children(ebpf: &mut Ebpf, manager: u32) -> Result<usize, String> {
-    let map = ebpf.map_mut("SPAWNED").ok_or("no SPAWNED map")?;
-    let mut spawned: aya::maps::HashMap<_, u32, u32> =
-        aya::maps::HashMap::try_from(map).map_err(|e| e.to_string())?;
-    let processes = procfs::process::all_processes().map_err(|e| e.to_string())?;
-    let mut marked = 0;
-    for process in processes.flatten() {
-        // Processes vanish while we walk; what is gone needs no mark.
-        if let Ok(stat) = process.stat()
-            && u32::try_from(stat.ppid) == Ok(manager)
-            && let Ok(pid) = u32::try_from(stat.pid)
-            && spawned.insert(pid, 1, 0).is_ok()
-        {
-            marked += 1;
-        }
-    }
-    Ok(marked)
+pub(crate) const SPAWNS: &str = "raw tracepoint sched_process_fork";
+pub(crate) const SPAWNS_DEGRADED: &str = "a unit's main process is told from its workers by its parent at death only, so a supervisor's orphaned workers count as main processes";
+pub(crate) const CGROUPS: &str = "tracepoints cgroup:cgroup_mkdir, cgroup:cgroup_rmdir";
+pub(crate) const CGROUPS_DEGRADED: &str =
+    "cgroup paths are looked up after each death, so a cgroup removed right after it may be null";
+pub(crate) const OOM: &str =
+    "tracepoints oom:mark_victim, vmscan:mm_vmscan_{memcg,direct}_reclaim_begin";
+pub(crate) const OOM_DEGRADED: &str = "OOM kills are reported without OOM details";
+
+/// What this kernel offers, read before loading.
+struct Kernel {
+    offsets: detector_common::Offsets,
+    cgroup_events: Result<(), String>,
+    exit_has_group_dead: bool,
 }
 
-/// Checks the host, loads the programs with this kernel's offsets and attaches them.
-/// `manager_pid` is the watched systemd's PID 1 in our pid namespace, when known.
-pub(crate) fn load(ringbuf_bytes: u32, manager_pid: Option<i32>) -> Result<Probes, ProbeError> {
+fn read_kernel(hooks: &mut Hooks) -> Result<Kernel, ProbeError> {
+    let btf = Btf::from_sys_fs()?;
+    let tracefs_dir = tracefs::locate()?;
+    let mut offsets = offsets::kernel_offsets(&btf, &mut hooks.degraded)?;
+    match tracefs::format(&tracefs_dir, "oom", "mark_victim") {
+        Ok(format) => offsets::mark_victim_offsets(&mut offsets, &format, &mut hooks.degraded),
+        Err(e) => hooks.degraded.push(e.to_string()),
+    }
+    let cgroup_events = match tracefs::format(&tracefs_dir, "cgroup", "cgroup_mkdir") {
+        Ok(format) => offsets::cgroup_offsets(&mut offsets, &format),
+        Err(e) => Err(e.to_string()),
+    };
+    let exit_has_group_dead = tracefs::format(&tracefs_dir, "sched", "sched_process_exit")
+        .is_ok_and(|format| format.contains_key("group_dead"));
+    Ok(Kernel {
+        offsets,
+        cgroup_events,
+        exit_has_group_dead,
+    })
+}
+
+/// Loads the programs with this kernel's offsets and attaches them; with `pins`, pins their maps
+/// and links there.
+fn fresh(
+    kernel: Kernel,
+    options: &Options,
+    watch: &Watch,
+    pins: Option<&Path>,
+    hooks: &mut Hooks,
+) -> Result<(Ebpf, Maps), ProbeError> {
+    // No CO-RE relocations to apply (offsets come in `OFFSETS`), so aya needs no target BTF.
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .override_global("OFFSETS", &kernel.offsets, true)
+        .map_max_entries("EVENTS", options.ringbuf_bytes)
+        .load(OBJECT)
+        .map_err(ProbeError::Load)?;
+    if let Some(dir) = pins {
+        for (name, map) in ebpf.maps() {
+            // `.rodata` and friends hold the offsets, set at each load; nothing to keep.
+            if !name.starts_with('.') {
+                map.pin(dir.join(name)).map_err(|e| ProbeError::Map {
+                    name: "(pinning)",
+                    detail: format!("{name}: {e}"),
+                })?;
+            }
+        }
+    }
+    let mut maps = Maps::take(&mut ebpf)?;
+    // Before the fork program runs: it reads the manager from here.
+    maps.watch.set(0, watch, 0).map_err(map_error("WATCH"))?;
+    let mut attach = Attacher {
+        ebpf: &mut ebpf,
+        pins,
+    };
+    hooks.exit = if kernel.exit_has_group_dead {
+        attach.raw_tp("sched_process_exit", "sched_process_exit")?;
+        "raw tracepoint sched_process_exit(group_dead)"
+    } else {
+        // aya's own BTF view: fentry programs need their target function's type.
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::AyaBtf(e.to_string()))?;
+        attach
+            .fentry(&aya_btf, "taskstats_exit", "taskstats_exit")
+            .map_err(|e| ProbeError::NoExitHook(e.to_string()))?;
+        "fentry taskstats_exit"
+    };
+    attach.raw_tp("signal_generate", "signal_generate")?;
+    // With pins, always: a later daemon reattaching to these programs may watch a manager.
+    if options.manager_pid.is_some() || pins.is_some() {
+        match attach.raw_tp("sched_process_fork", "sched_process_fork") {
+            Ok(()) => hooks.spawns = options.manager_pid.map(|_| SPAWNS),
+            Err(e) => hooks.degraded.push(format!("{SPAWNS_DEGRADED}: {e}")),
+        }
+    }
+    match kernel
+        .cgroup_events
+        .and_then(|()| attach.cgroup().map_err(|e| e.to_string()))
+    {
+        Ok(()) => hooks.cgroups = Some(CGROUPS),
+        Err(e) => hooks.degraded.push(format!("{CGROUPS_DEGRADED}: {e}")),
+    }
+    if kernel.offsets.mv_pid == ABSENT {
+        hooks
+            .degraded
+            .push(format!("{OOM_DEGRADED}: no oom:mark_victim tracepoint"));
+    } else {
+        match attach.oom() {
+            Ok(()) => hooks.oom = Some(OOM),
+            Err(e) => hooks.degraded.push(format!("{OOM_DEGRADED}: {e}")),
+        }
+    }
+    Ok((ebpf, maps))
+}
+
+/// Checks the host, then loads and attaches the programs, or reattaches to pinned ones.
+pub(crate) fn load(options: &Options) -> Result<Probes, ProbeError> {
     let uid = nix::unistd::geteuid().as_raw();
     if uid != 0 {
         return Err(ProbeError::NotRoot(uid));
@@ -305,85 +291,70 @@ pub(crate) fn load(ringbuf_bytes: u32, manager_pid: Option<i32>) -> Result<Probe
     ) {
         tracing::debug!(error = %e, "could not lift RLIMIT_MEMLOCK");
     }
-    let btf = Btf::from_sys_fs()?;
-    let tracefs_dir = tracefs::locate()?;
     let mut hooks = Hooks::default();
-    let mut offsets = kernel_offsets(&btf, &mut hooks.degraded)?;
-    match tracefs::format(&tracefs_dir, "oom", "mark_victim") {
-        Ok(format) => mark_victim_offsets(&mut offsets, &format, &mut hooks.degraded),
-        Err(e) => hooks.degraded.push(e.to_string()),
-    }
-    let cgroup_events = match tracefs::format(&tracefs_dir, "cgroup", "cgroup_mkdir") {
-        Ok(format) => cgroup_offsets(&mut offsets, &format),
-        Err(e) => Err(e.to_string()),
+    let kernel = read_kernel(&mut hooks)?;
+    let watch = watch(options.manager_pid);
+    let pins = options.pin_dir.as_deref().map(PinDir::open).transpose()?;
+    let generation = pins
+        .as_ref()
+        .map(|p| p.generation(Stamp::new(OBJECT, options.ringbuf_bytes, &kernel.offsets)))
+        .transpose()?;
+    let attach_start = clock::monotonic_ns();
+    let (mut maps, ebpf, reattached) = match &generation {
+        Some((dir, true)) => (
+            maps::reattach(dir, &watch, options, &mut hooks)?,
+            None,
+            true,
+        ),
+        Some((dir, false)) => {
+            let (_, maps) = fresh(kernel, options, &watch, Some(dir), &mut hooks)?;
+            pins::mark_ready(dir)?;
+            (maps, None, false)
+        }
+        None => {
+            let (ebpf, maps) = fresh(kernel, options, &watch, None, &mut hooks)?;
+            (maps, Some(ebpf), false)
+        }
     };
-    let exit_has_group_dead = tracefs::format(&tracefs_dir, "sched", "sched_process_exit")
-        .is_ok_and(|format| format.contains_key("group_dead"));
-
-    // No CO-RE relocations to apply (offsets come in `OFFSETS`), so aya needs no target BTF.
-    let mut ebpf = EbpfLoader::new()
-        .btf(None)
-        .override_global("OFFSETS", &offsets, true)
-        .override_global("WATCH", &watch(manager_pid), true)
-        .map_max_entries("EVENTS", ringbuf_bytes)
-        .load(OBJECT)
-        .map_err(ProbeError::Load)?;
-
-    hooks.exit = if exit_has_group_dead {
-        attach_raw_tp(&mut ebpf, "sched_process_exit", "sched_process_exit")?;
-        "raw tracepoint sched_process_exit(group_dead)"
-    } else {
-        // aya's own BTF view: fentry programs need their target function's type.
-        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::AyaBtf(e.to_string()))?;
-        attach_fentry(&mut ebpf, &aya_btf, "taskstats_exit", "taskstats_exit")
-            .map_err(|e| ProbeError::NoExitHook(e.to_string()))?;
-        "fentry taskstats_exit"
-    };
-    attach_raw_tp(&mut ebpf, "signal_generate", "signal_generate")?;
-    if let Some(manager) = manager_pid.and_then(|p| u32::try_from(p).ok()) {
+    if let Some(manager) = options.manager_pid.and_then(|p| u32::try_from(p).ok())
+        && hooks.spawns.is_some()
+    {
         // After attaching: a child forked during the scan is marked by the program.
-        match attach_raw_tp(&mut ebpf, "sched_process_fork", "sched_process_fork")
-            .map_err(|e| e.to_string())
-            .and_then(|()| mark_running_children(&mut ebpf, manager))
-        {
-            Ok(marked) => {
-                tracing::debug!(marked, "the manager's running children");
-                hooks.spawns = Some("raw tracepoint sched_process_fork");
-            }
-            Err(e) => hooks.degraded.push(format!(
-                "a unit's main process is told from its workers by its parent at death only, so a supervisor's orphaned workers count as main processes: {e}"
-            )),
+        match maps.mark_running_children(manager) {
+            Ok(marked) => tracing::debug!(marked, "the manager's running children"),
+            Err(e) => hooks.degraded.push(format!("{SPAWNS_DEGRADED}: {e}")),
         }
     }
-    match cgroup_events.and_then(|()| attach_cgroup(&mut ebpf).map_err(|e| e.to_string())) {
-        Ok(()) => hooks.cgroups = Some("tracepoints cgroup:cgroup_mkdir, cgroup:cgroup_rmdir"),
-        Err(e) => hooks.degraded.push(format!(
-            "cgroup paths are looked up after each death, so a cgroup removed right after it may be null: {e}"
-        )),
-    }
-    let oom_ready = offsets.mv_pid != ABSENT;
-    if oom_ready {
-        match attach_oom(&mut ebpf) {
-            Ok(()) => {
-                hooks.oom = Some(
-                    "tracepoints oom:mark_victim, vmscan:mm_vmscan_{memcg,direct}_reclaim_begin",
-                );
-            }
-            Err(e) => hooks
-                .degraded
-                .push(format!("OOM kills are reported without OOM details: {e}")),
+    let (backlog, overlap) = match (&pins, &generation) {
+        (Some(pins), Some((dir, _))) => {
+            let backlog = maps::take_over(pins, dir)?;
+            let window = (!backlog.is_empty()).then(|| {
+                // Reattached programs ran alongside the old ones for as long as both existed.
+                (
+                    if reattached { 0 } else { attach_start },
+                    clock::monotonic_ns(),
+                )
+            });
+            (backlog, window)
         }
-    } else {
-        hooks.degraded.push(
-            "OOM kills are reported without OOM details: no oom:mark_victim tracepoint".to_owned(),
-        );
-    }
-    drop(btf);
+        _ => (Vec::new(), None),
+    };
     // Start-up parsed two copies of the kernel's BTF (ours and aya's): several MB of small
     // allocations the allocator keeps unless asked. Hand them back; the daemon runs for months.
     // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
     unsafe { libc::malloc_trim(0) };
-    Ok(Probes { ebpf, hooks })
+    Ok(Probes {
+        ring: Ring::new(maps.events)?,
+        counters: Counters::new(maps.counters, maps.reported),
+        hooks,
+        backlog,
+        overlap,
+        reattached,
+        attached: Attached {
+            _ebpf: ebpf,
+            _pins: pins,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -71,6 +71,44 @@ impl Dispatcher {
         }
     }
 
+    /// SIGHUP: reads the configuration file again. A good one is in force for every later
+    /// decision (policies, cause rules, journal lines), its units are checked against systemd,
+    /// and the liveness and unit-state watchers start again if the units changed. A bad one
+    /// changes nothing, and the error names the file and line.
+    pub(crate) fn reload(&mut self, path: Option<&Path>) {
+        let Some(path) = path else {
+            tracing::warn!("SIGHUP: detector runs without --config; nothing to reload");
+            return;
+        };
+        let before = self.recovery.config();
+        match self.recovery.live().reload(path) {
+            Ok(config) => {
+                tracing::info!(
+                    file = %path.display(),
+                    units = config.units.len(),
+                    rules = config.rules.len(),
+                    "configuration reloaded"
+                );
+                if config.units != before.units {
+                    self.watchers.abort_all();
+                    self.watchers = super::liveness::spawn(&self.recovery, &self.incidents);
+                    // Said ready already: nobody waits for the new watcher to follow.
+                    drop(super::states::spawn(
+                        &mut self.watchers,
+                        &self.recovery,
+                        &self.incidents,
+                        &self.journal,
+                    ));
+                }
+                let root = self.recovery.root().to_owned();
+                self.tasks.spawn(async move {
+                    let _ = check_units(&root, &config).await;
+                });
+            }
+            Err(e) => tracing::error!("{e}; the configuration in force is kept"),
+        }
+    }
+
     /// Starts the incident (and recovery) of a death in a service that may have failed it, or
     /// counts it in the incident it belongs to. Returns whether a recovery may act on it at once
     /// (the caller should not batch further records before letting it run).

@@ -42,7 +42,7 @@ use self::{
     systemd::{ActionError, Systemd},
 };
 use crate::{
-    config::{Config, RestartMode, UnitPolicy},
+    config::{Config, Live, RestartMode, UnitPolicy},
     death::record::ExitRecord,
     incident::{Action, Progress},
     journal::Account,
@@ -65,7 +65,7 @@ pub(crate) type HealthBoard = Arc<Mutex<BTreeMap<String, bool>>>;
 /// The recovery side of the daemon, shared by the tasks handling deaths.
 pub(crate) struct Recovery {
     root: PathBuf,
-    config: Arc<Config>,
+    config: Arc<Live>,
     bus: tokio::sync::Mutex<Option<Arc<Systemd>>>,
     units: Mutex<HashMap<String, tracks::Track>>,
     /// Made at the first health check: a daemon without any costs no memory for it. Two: one
@@ -100,7 +100,7 @@ pub(crate) struct DiedAgain;
 
 impl Recovery {
     #[must_use]
-    pub(crate) fn new(root: PathBuf, config: Arc<Config>, bus: Option<Systemd>) -> Self {
+    pub(crate) fn new(root: PathBuf, config: Arc<Live>, bus: Option<Systemd>) -> Self {
         Self {
             root,
             config,
@@ -126,8 +126,15 @@ impl Recovery {
             .insert(unit.to_owned(), healthy);
     }
 
+    /// The configuration in force.
     #[must_use]
-    pub(crate) fn config(&self) -> &Config {
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.get()
+    }
+
+    /// The configuration, to reload it.
+    #[must_use]
+    pub(crate) fn live(&self) -> &Live {
         &self.config
     }
 

@@ -119,6 +119,8 @@ const MAX_PATHS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long any one call to systemd may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `RestartSec=` the waits take (a week): `infinity` is `u64::MAX` µs.
+const RESTART_SEC_MAX: Duration = Duration::from_hours(168);
 pub(super) fn hex(bytes: &[u8]) -> Option<String> {
     use std::fmt::Write as _;
     (!bytes.is_empty()).then(|| {
@@ -200,7 +202,12 @@ impl Systemd {
         if unit.ends_with(".service") && state.load_state == "loaded" {
             let service: ServiceProxy<'static> = self.proxy(unit, path).await?;
             state.restart = service.restart().await.ok();
-            state.restart_sec = service.restart_usec().await.ok().map(Duration::from_micros);
+            // `RestartSec=infinity` is u64::MAX µs: the waits built on it must not overflow.
+            state.restart_sec = service
+                .restart_usec()
+                .await
+                .ok()
+                .map(|us| Duration::from_micros(us).min(RESTART_SEC_MAX));
             state.n_restarts = service.n_restarts().await.ok();
             state.result = service.result().await.ok();
         }

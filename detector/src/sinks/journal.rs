@@ -24,6 +24,7 @@ use super::words;
 use crate::{
     death::record::ExitRecord,
     incident::{Incident, Notice, Outcome, Phase},
+    kernel::privileges,
 };
 
 /// `MESSAGE_ID`s, made once with `uuid4().hex`; the catalog has an entry for each.
@@ -36,6 +37,8 @@ pub(crate) const MESSAGE_NOT_RECOVERED: &str = "ebcf3d35e8604b2995917f4ba772ad98
 const QUEUE: usize = 8192;
 /// At shutdown, how long the thread may take to send what is queued.
 const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the daemon waits for the writer to start its relay and drop its capabilities.
+const STARTED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum Entry {
     Exit(Box<ExitRecord>),
@@ -56,14 +59,20 @@ impl Journal {
     pub(crate) fn spawn(root: &Path, manager_pid: Option<i32>, to_stdout: bool) -> Self {
         let path = root.join("run/systemd/journal/socket");
         let (queue, entries) = std::sync::mpsc::sync_channel::<Entry>(QUEUE);
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("journal-writer".to_owned())
-            .spawn(move || write_entries(&path, manager_pid, &entries, to_stdout));
+            .spawn(move || write_entries(&path, manager_pid, &entries, to_stdout, &started_tx));
         match thread {
-            Ok(thread) => Self {
-                queue: Some(queue),
-                thread: Some(thread),
-            },
+            Ok(thread) => {
+                // Until its relay is started and it dropped its capabilities (see
+                // `write_entries`): the daemon drops its own next, and says ready after.
+                let _ = started.recv_timeout(STARTED_WAIT);
+                Self {
+                    queue: Some(queue),
+                    thread: Some(thread),
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the journal writer: no journal entries");
                 Self {
@@ -157,8 +166,15 @@ fn write_entries(
     manager_pid: Option<i32>,
     entries: &std::sync::mpsc::Receiver<Entry>,
     to_stdout: bool,
+    started: &std::sync::mpsc::Sender<()>,
 ) {
     let mut sender = Sender::new(path, manager_pid);
+    // Entering the machine's pid namespace for the relay takes CAP_SYS_ADMIN: this thread starts
+    // before the daemon drops its capabilities, and drops its own once the relay runs.
+    if let Err(e) = privileges::drop_all_but_kept() {
+        tracing::error!("{e}; the journal writer keeps its capabilities");
+    }
+    let _ = started.send(());
     let mut gone = false;
     let mut buf = Vec::with_capacity(4096);
     for entry in entries {

@@ -26,6 +26,7 @@ use crate::{
     config::alerts::AlertSink,
     death::record::ExitRecord,
     incident::{Notice, Phase},
+    kernel::counters::Lost,
 };
 
 /// Where records and incidents are written (`detector run --output`).
@@ -86,11 +87,11 @@ pub(crate) struct Sinks {
 }
 
 impl Sinks {
-    /// Starts the journal writer and the alert sinks' tasks; `root` and `manager_pid` are the
-    /// watched systemd's, `host` its name in alerts.
+    /// Starts the alert sinks' tasks, with the journal writer [`Sinks::journal`] started;
+    /// `host` is the watched systemd's name in alerts.
     pub(crate) fn start(
         output: Output,
-        (root, manager_pid): (&Path, Option<i32>),
+        journal: Option<Journal>,
         alerts: &[AlertSink],
         host: &str,
         metrics: Arc<Metrics>,
@@ -102,11 +103,22 @@ impl Sinks {
             history,
             stdout: Stdout::queued(),
             json: output.json(),
-            journal: output
-                .journal()
-                .then(|| Journal::spawn(root, manager_pid, !output.json())),
+            journal,
             alerts: Alerts::spawn(alerts, host),
         }
+    }
+
+    /// The journal writer, when `output` asks for one; `root` and `manager_pid` are the watched
+    /// systemd's. Started before the daemon drops its capabilities: its relay into a machine's
+    /// pid namespace needs them (the writer drops its own once the relay runs).
+    pub(crate) fn journal(
+        output: Output,
+        (root, manager_pid): (&Path, Option<i32>),
+    ) -> Option<Journal> {
+        let output = output.resolve();
+        output
+            .journal()
+            .then(|| Journal::spawn(root, manager_pid, !output.json()))
     }
 
     /// A death's record: a JSON line (written at the next [`Sinks::flush`]) and a journal entry.
@@ -134,6 +146,21 @@ impl Sinks {
             }
         }
         self.alerts.notice(notice);
+    }
+
+    /// Deaths the kernel could not hand over (a full ring, an older build's records): a JSON
+    /// line when JSON lines are written, else a warning in the daemon's own log (which the
+    /// journal takes under systemd).
+    pub(crate) fn lost(&mut self, lost: &Lost) {
+        if self.json {
+            self.stdout.push(lost);
+        } else {
+            tracing::warn!(
+                records = lost.records,
+                reason = lost.reason,
+                "deaths lost before they were read"
+            );
+        }
     }
 
     /// The metrics, for the kernel's counters and the `/metrics` endpoint.
