@@ -4,12 +4,18 @@
 //! pipe) would stop the ring buffer from being drained, and the kernel would drop records. So the
 //! loop's batches go through a bounded queue to a writer thread of their own ([`Stdout::queued`]);
 //! a batch that does not fit is dropped and its lines counted and logged, never waited for.
+//!
+//! While the writer thread has nothing to do, the loop writes a batch itself with a write that
+//! cannot wait (`pwritev2` with `RWF_NOWAIT`; pipes and sockets take it): a record then costs no
+//! thread switch, which at thousands of deaths a second is most of what it would cost. Whatever
+//! that write cannot take at once goes to the writer thread, behind nothing, so the order holds.
 
 use std::{
     io::Write,
+    os::fd::RawFd,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
     thread,
@@ -32,6 +38,8 @@ struct Queue {
     tx: mpsc::SyncSender<Bytes>,
     /// Lines dropped because the queue was full.
     dropped: Arc<AtomicU64>,
+    /// Batches handed to the writer thread and not yet written.
+    busy: Arc<AtomicUsize>,
     /// Closed by the writer thread when it has written everything.
     done: mpsc::Receiver<()>,
 }
@@ -47,18 +55,26 @@ pub(crate) struct Stdout {
     backlog: BytesMut,
     backlog_lines: u64,
     queue: Option<Queue>,
+    /// The descriptor the loop may write to itself while the writer thread is idle; `None` once
+    /// such a write was refused as unsupported.
+    direct: Option<RawFd>,
 }
 
 impl Stdout {
     /// A writer whose batches go to stdout from a thread of their own.
     pub(crate) fn queued() -> Self {
-        Self::queued_to(std::io::stdout())
+        Self {
+            direct: Some(libc::STDOUT_FILENO),
+            ..Self::queued_to(std::io::stdout())
+        }
     }
 
     /// As [`Stdout::queued`], to `out`.
     fn queued_to(mut out: impl Write + Send + 'static) -> Self {
         let (tx, rx) = mpsc::sync_channel::<Bytes>(QUEUE);
         let (finished, done) = mpsc::channel();
+        let busy = Arc::new(AtomicUsize::new(0));
+        let writing = Arc::clone(&busy);
         let spawned = thread::Builder::new().name("stdout".into()).spawn(move || {
             let mut failed = false;
             for batch in rx {
@@ -69,6 +85,7 @@ impl Stdout {
                     tracing::error!(error = %e, "writing records to stdout failed");
                     failed = true;
                 }
+                writing.fetch_sub(1, Ordering::Release);
             }
             drop(finished);
         });
@@ -76,6 +93,7 @@ impl Stdout {
             Ok(_) => Some(Queue {
                 tx,
                 dropped: Arc::new(AtomicU64::new(0)),
+                busy,
                 done,
             }),
             Err(e) => {
@@ -107,7 +125,7 @@ impl Stdout {
         if self.buf.is_empty() {
             return;
         }
-        let batch = self.buf.split().freeze();
+        let mut batch = self.buf.split().freeze();
         let lines = std::mem::take(&mut self.lines);
         let Some(queue) = &self.queue else {
             let mut out = std::io::stdout().lock();
@@ -116,11 +134,30 @@ impl Stdout {
             }
             return;
         };
+        // Nothing queued ahead of it: try to write it here and now.
+        if self.backlog.is_empty()
+            && let Some(fd) = self.direct
+            && queue.busy.load(Ordering::Acquire) == 0
+        {
+            match write_now(fd, &batch) {
+                Ok(n) if n >= batch.len() => return,
+                // The rest through the writer thread (a line may be cut between the two: the
+                // reader sees the bytes in order all the same).
+                Ok(n) => batch = batch.slice(n..),
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) => {
+                    // Not a pipe or a socket (a terminal, some files), or stdout is broken: the
+                    // writer thread takes every batch from now on, and says if it is broken.
+                    tracing::debug!(error = %e, "stdout takes no non-waiting writes; using the writer thread");
+                    self.direct = None;
+                }
+            }
+        }
         // The backlog first, in order; then this batch, or onto the backlog while it fits.
         if !self.backlog.is_empty() {
             let waiting = self.backlog.split().freeze();
             if let Err(mpsc::TrySendError::Full(back) | mpsc::TrySendError::Disconnected(back)) =
-                queue.tx.try_send(waiting)
+                Self::send(queue, waiting)
             {
                 self.backlog.extend_from_slice(&back);
                 if self.backlog.len() + batch.len() <= BACKLOG {
@@ -134,11 +171,21 @@ impl Stdout {
             self.backlog_lines = 0;
         }
         if let Err(mpsc::TrySendError::Full(batch) | mpsc::TrySendError::Disconnected(batch)) =
-            queue.tx.try_send(batch)
+            Self::send(queue, batch)
         {
             self.backlog.extend_from_slice(&batch);
             self.backlog_lines += lines;
         }
+    }
+
+    /// Hands a batch to the writer thread, counted busy until it is written.
+    fn send(queue: &Queue, batch: Bytes) -> Result<(), mpsc::TrySendError<Bytes>> {
+        queue.busy.fetch_add(1, Ordering::AcqRel);
+        let sent = queue.tx.try_send(batch);
+        if sent.is_err() {
+            queue.busy.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
     }
 
     fn count_dropped(queue: &Queue, lines: u64) {
@@ -164,7 +211,10 @@ impl Stdout {
     /// reader that never reads again cannot hold the daemon's exit.
     pub(crate) fn finish(mut self) {
         self.flush();
-        if let Some(Queue { tx, dropped, done }) = self.queue.take() {
+        if let Some(Queue {
+            tx, dropped, done, ..
+        }) = self.queue.take()
+        {
             // The backlog may wait for room, within the grace.
             if !self.backlog.is_empty() {
                 let waiting = self.backlog.split().freeze();
@@ -195,6 +245,20 @@ impl Stdout {
             }
         }
     }
+}
+
+/// One write to `fd` that returns rather than waits when it cannot take `buf` now (`EAGAIN`):
+/// `RWF_NOWAIT` is per call, so stdout's file description, which we may share with our parent,
+/// stays blocking.
+fn write_now(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_ptr().cast_mut().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: `iov` describes `buf`, which outlives the call, and the kernel only reads from it
+    // for a write; offset -1 is "the current position", as `write(2)` uses.
+    let n = unsafe { libc::pwritev2(fd, &raw const iov, 1, -1, libc::RWF_NOWAIT) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
 }
 
 #[cfg(test)]
