@@ -86,12 +86,13 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Builds the release daemon and returns its path.
+/// Builds the daemon as it ships (the `dist` profile: release with whole-program LTO) and
+/// returns its path.
 pub(crate) fn build_daemon() -> Result<PathBuf> {
     setup::bpf_toolchain()?;
     setup::build_packages()?;
-    run(cargo().args(["build", "--release", "--package", "detector"]))?;
-    Ok(root().join("target/release/detector"))
+    run(cargo().args(["build", "--profile", "dist", "--package", "detector"]))?;
+    Ok(root().join("target/dist/detector"))
 }
 
 fn require_root(what: &str) -> Result<()> {

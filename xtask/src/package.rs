@@ -42,6 +42,10 @@ pub(crate) fn deb() -> Result<PathBuf> {
             "--package",
             "detector",
             "--no-build",
+            // The daemon `build_daemon` made: cargo-deb reads `target/release/` in the assets
+            // as this profile's directory.
+            "--profile",
+            "dist",
             "--strip",
             "--output",
         ])

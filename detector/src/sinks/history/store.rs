@@ -119,7 +119,10 @@ impl Store {
         }
         // In WAL mode, NORMAL never corrupts the file; a power cut may lose the last incidents.
         conn.execute_batch(
+            // A small page cache: one row is written per incident and `incidents` reads run in
+            // their own process; SQLite's default (2 MiB) would be most of the daemon's memory.
             "PRAGMA synchronous = NORMAL;
+             PRAGMA cache_size = -256;
              CREATE TABLE IF NOT EXISTS incidents (
                  id TEXT PRIMARY KEY,
                  at_ms INTEGER NOT NULL,
