@@ -9,6 +9,7 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use detector_common::{Wakeup, death_flags};
 use sd_notify::NotifyState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -40,12 +41,14 @@ use crate::{
     unit::{cgroups::CgroupResolver, manager, roles::Roles},
 };
 
-/// While deaths keep coming, drain again after this pause instead of going back to sleep in the
-/// kernel: one wakeup then carries many records. Deaths in a storm wait at most this long more;
-/// an isolated death still wakes the daemon at once.
-const BUSY_PAUSE: Duration = Duration::from_micros(250);
-/// Bound on one busy stretch, so that signals and counters are still served during a long storm.
-const BUSY_MAX: Duration = Duration::from_millis(50);
+/// After a record the kernel submitted without waking us (deaths were dense, see
+/// `detector_common::Wakeup`), read again this soon even if nothing wakes us: the records after
+/// it may not, until a batch fills.
+const DEFERRED_READ: Duration = Duration::from_millis(1);
+/// At most this many records per read: past it, the loop serves its other work (signals, the
+/// watchdog, a recovery) and comes back at once, so that a storm the daemon cannot outrun does
+/// not hold everything else.
+const READ_AT_MOST: usize = 4096;
 /// Records are written at least this often during a burst, so the first death of a storm is not
 /// held back until the whole storm has been read.
 const FLUSH_EVERY: usize = 64;
@@ -56,6 +59,8 @@ const JOURNAL_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub ringbuf_bytes: u32,
+    /// When the exit program wakes the daemon.
+    pub wakeup: Wakeup,
     /// Where the watched systemd instance's files are (`/`, `/host`, `/proc/PID/root`).
     pub root: PathBuf,
     /// How many journal lines an incident carries (unless a unit's policy says).
@@ -80,28 +85,33 @@ struct Pipeline {
     overlap: Option<Overlap>,
     received: u64,
     undecodable: u64,
+    /// The last death read was submitted without a wakeup: read again after [`DEFERRED_READ`].
+    deferred: bool,
+    /// Deaths submitted without a wakeup, for the summary.
+    deferred_records: u64,
+    /// The last read stopped with records left (a bound, or a recovery that should run first):
+    /// read again as soon as the loop has served the rest. No wakeup would come for them: the
+    /// kernel wakes a reader only once it has caught up.
+    more: bool,
+    /// Records were read since the deferred read was last armed.
+    read_since_armed: bool,
 }
 
 impl Pipeline {
-    /// Drains, then keeps draining every [`BUSY_PAUSE`] while records keep coming. A death a
-    /// recovery may act on at once ends the stretch: its recovery runs on this thread.
-    fn drain_burst(&mut self, ring: &mut Ring) {
-        let start = std::time::Instant::now();
-        loop {
-            let (read, urgent) = self.drain(ring);
-            if read == 0 || urgent || start.elapsed() >= BUSY_MAX {
-                return;
-            }
-            // A blocking pause on purpose: tokio's timers have millisecond resolution, and this
-            // runtime serves nothing else that could starve in 100 µs.
-            std::thread::sleep(BUSY_PAUSE);
-        }
+    /// Reads what is in the ring buffer, up to [`READ_AT_MOST`] records or a recovery that
+    /// should start first (then `more` is set); returns how many records it read.
+    fn drain(&mut self, ring: &mut Ring) -> usize {
+        self.drain_ring(ring, false)
     }
 
-    /// Reads everything in the ring buffer; returns how many records it read, and whether a
-    /// recovery wants to run at once.
-    fn drain(&mut self, ring: &mut Ring) -> (usize, bool) {
-        self.drain_ring(ring, false)
+    /// Reads everything in `ring`, bounds or not: at start-up and at shutdown, when nothing else
+    /// is served. Returns how many records it read.
+    fn drain_all(&mut self, ring: &mut Ring, older: bool) -> usize {
+        let mut read = self.drain_ring(ring, older);
+        while self.more {
+            read += self.drain_ring(ring, older);
+        }
+        read
     }
 
     /// Reads an older generation's ring before ours: its records, or what they cost.
@@ -111,7 +121,7 @@ impl Pipeline {
                 .lost(&Lost::new(backlog.lost, "ring_buffer_full"));
         }
         if backlog.decodable {
-            self.drain_ring(&mut backlog.ring, true);
+            self.drain_all(&mut backlog.ring, true);
         } else {
             let mut records = 0;
             while backlog.ring.next().is_some() {
@@ -132,11 +142,15 @@ impl Pipeline {
     /// Reads `ring` to its end, handing records to the sinks in batches; each batch is given
     /// back to the kernel only once the sinks took it, so a daemon killed meanwhile leaves it
     /// for the next one.
-    fn drain_ring(&mut self, ring: &mut Ring, older: bool) -> (usize, bool) {
+    fn drain_ring(&mut self, ring: &mut Ring, older: bool) -> usize {
         let clock = Clock::now();
         let (mut read, mut pending, mut urgent) = (0, 0, false);
+        self.more = false;
         loop {
-            while let Some(item) = ring.next() {
+            while !urgent
+                && read < READ_AT_MOST
+                && let Some(item) = ring.next()
+            {
                 read += 1;
                 match decode(item) {
                     Ok(Event::Death(event)) => {
@@ -148,6 +162,9 @@ impl Pipeline {
                             }
                         }
                         self.received += 1;
+                        self.deferred = event.flags & death_flags::DEFERRED != 0;
+                        self.deferred_records += u64::from(self.deferred);
+                        self.read_since_armed = true;
                         let mut record = correlate(&event);
                         self.cgroups.enrich(&mut record);
                         self.roles.assign(&mut record);
@@ -155,7 +172,9 @@ impl Pipeline {
                         record.latency_us =
                             clock::monotonic_ns().saturating_sub(record.ktime_ns) / 1000;
                         self.sinks.record(&record);
-                        urgent |= self.dispatcher.death(&record);
+                        // A recovery that may act at once runs on this thread: let it start
+                        // before the rest of a storm is read.
+                        urgent = self.dispatcher.death(&record);
                         pending += 1;
                         if pending == FLUSH_EVERY {
                             self.sinks.flush();
@@ -175,7 +194,11 @@ impl Pipeline {
             ring.commit();
             // A record committed while we held back the ring's position woke nobody.
             if !ring.ready() {
-                return (read, urgent);
+                return read;
+            }
+            if urgent || read >= READ_AT_MOST {
+                self.more = true;
+                return read;
             }
         }
     }
@@ -198,6 +221,7 @@ impl Pipeline {
             read_failures = totals.read_failures,
             map_failures = totals.map_failures,
             undecodable = self.undecodable,
+            deferred = self.deferred_records,
             "detector stopped"
         );
     }
@@ -263,6 +287,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         attached,
     } = probes::load(&probes::Options {
         ringbuf_bytes: options.ringbuf_bytes,
+        wakeup: options.wakeup,
         manager_pid,
         pin_dir: options.pin_dir.clone(),
     })?;
@@ -316,6 +341,10 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         overlap: overlap.map(Overlap::new),
         received: 0,
         undecodable: 0,
+        deferred: false,
+        deferred_records: 0,
+        more: false,
+        read_since_armed: false,
     };
     // After the probes: a cgroup created during the scan is also in the ring buffer.
     let known = pipeline.cgroups.scan();
@@ -329,7 +358,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         pipeline.sinks.lost(&lost);
     }
     let mut ring = ring;
-    let (backlog_records, _) = pipeline.drain(ring.get_mut());
+    let backlog_records = pipeline.drain_all(ring.get_mut(), false);
     pipeline.dispatcher.watching().await;
     ready(
         &hooks,
@@ -371,6 +400,63 @@ fn ready(
     );
 }
 
+/// Gives back the memory start-up used and the loop does not: the allocator's free heap
+/// (`malloc_trim`), and the pages of our own code and read-only data that start-up touched (the
+/// loader, BTF, the configuration, the command line), which stay mapped until the kernel needs
+/// the memory. Those pages are the file's, never written: dropping them from our mapping
+/// (`MADV_DONTNEED`) leaves them in the page cache, and the few the loop runs come back on
+/// first use as minor faults, without I/O. A mapping with a page of its own (written, as the
+/// relocated `.data.rel.ro` is) is left alone: dropping that page would bring the file's
+/// unrelocated bytes back.
+fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free memory to the kernel; it has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut current: Option<(usize, usize, bool)> = None;
+    let mut released = 0usize;
+    let mut release = |range: Option<(usize, usize, bool)>, anonymous: usize| {
+        if let Some((start, end, ours)) = range
+            && ours
+            && anonymous == 0
+        {
+            // SAFETY: a range the kernel listed as a private, read-only mapping of our own
+            // executable with no page of its own (checked above): dropping its pages only makes
+            // the next access read the file's bytes again, which are the bytes it holds.
+            if unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
+            } == 0
+            {
+                released += end - start;
+            }
+        }
+    };
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            )
+        {
+            let perms = fields.next().unwrap_or_default();
+            let path = fields.nth(3).unwrap_or_default();
+            let ours =
+                std::path::Path::new(path) == exe && !perms.contains('w') && perms.ends_with('p');
+            current = Some((start, end, ours));
+        } else if first == "Anonymous:" {
+            let anonymous = fields.next().and_then(|n| n.parse().ok()).unwrap_or(1);
+            release(current.take(), anonymous);
+        }
+    }
+    tracing::debug!(bytes = released, "released start-up memory");
+}
+
 /// Tells systemd (`Type=notify`), when it started us; a no-op otherwise.
 fn notify(state: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(state) {
@@ -391,6 +477,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         mut incidents,
         server,
     } = start(&options).await?;
+    release_startup_memory();
     // Probes attached, units named and followed, backlog read.
     notify(&[
         NotifyState::Ready,
@@ -402,12 +489,27 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     // pins loses nothing.
     let watchdog = sd_notify::watchdog_enabled();
     let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_hours(1), |d| d / 2));
+    let deferred_read = tokio::time::sleep(DEFERRED_READ);
+    tokio::pin!(deferred_read);
     loop {
+        // A read whose last record came without a wakeup: come back even if none comes.
+        if pipeline.deferred && std::mem::take(&mut pipeline.read_since_armed) {
+            deferred_read
+                .as_mut()
+                .reset(tokio::time::Instant::now() + DEFERRED_READ);
+        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
                 guard.clear_ready();
-                pipeline.drain_burst(guard.get_inner_mut());
+                pipeline.drain(guard.get_inner_mut());
+            }
+            () = std::future::ready(()), if pipeline.more => {
+                pipeline.drain(ring.get_mut());
+            }
+            () = &mut deferred_read, if pipeline.deferred => {
+                pipeline.deferred = false;
+                pipeline.drain(ring.get_mut());
             }
             _ = tick.tick() => {
                 if let Some(lost) = counters.report() {
@@ -436,7 +538,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     notify(&[NotifyState::Stopping]);
-    pipeline.drain(ring.get_mut());
+    pipeline.drain_all(ring.get_mut(), false);
     pipeline.stop(counters, &mut incidents).await;
     if let Some(server) = server {
         server.abort();
