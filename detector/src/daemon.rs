@@ -6,6 +6,8 @@
 //! Over 400 lines: start-up (pins and their backlog, privileges, sinks, metrics, history) and the
 //! loop (ring, ticks, notices, watchdog, SIGHUP) are one sequence, read best in one place.
 
+mod memory;
+
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -400,63 +402,6 @@ fn ready(
     );
 }
 
-/// Gives back the memory start-up used and the loop does not: the allocator's free heap
-/// (`malloc_trim`), and the pages of our own code and read-only data that start-up touched (the
-/// loader, BTF, the configuration, the command line), which stay mapped until the kernel needs
-/// the memory. Those pages are the file's, never written: dropping them from our mapping
-/// (`MADV_DONTNEED`) leaves them in the page cache, and the few the loop runs come back on
-/// first use as minor faults, without I/O. A mapping with a page of its own (written, as the
-/// relocated `.data.rel.ro` is) is left alone: dropping that page would bring the file's
-/// unrelocated bytes back.
-fn release_startup_memory() {
-    // SAFETY: malloc_trim only returns free memory to the kernel; it has no preconditions.
-    unsafe { libc::malloc_trim(0) };
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
-        return;
-    };
-    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
-        return;
-    };
-    let mut current: Option<(usize, usize, bool)> = None;
-    let mut released = 0usize;
-    let mut release = |range: Option<(usize, usize, bool)>, anonymous: usize| {
-        if let Some((start, end, ours)) = range
-            && ours
-            && anonymous == 0
-        {
-            // SAFETY: a range the kernel listed as a private, read-only mapping of our own
-            // executable with no page of its own (checked above): dropping its pages only makes
-            // the next access read the file's bytes again, which are the bytes it holds.
-            if unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED)
-            } == 0
-            {
-                released += end - start;
-            }
-        }
-    };
-    for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let first = fields.next().unwrap_or_default();
-        if let Some((start, end)) = first.split_once('-')
-            && let (Ok(start), Ok(end)) = (
-                usize::from_str_radix(start, 16),
-                usize::from_str_radix(end, 16),
-            )
-        {
-            let perms = fields.next().unwrap_or_default();
-            let path = fields.nth(3).unwrap_or_default();
-            let ours =
-                std::path::Path::new(path) == exe && !perms.contains('w') && perms.ends_with('p');
-            current = Some((start, end, ours));
-        } else if first == "Anonymous:" {
-            let anonymous = fields.next().and_then(|n| n.parse().ok()).unwrap_or(1);
-            release(current.take(), anonymous);
-        }
-    }
-    tracing::debug!(bytes = released, "released start-up memory");
-}
-
 /// Tells systemd (`Type=notify`), when it started us; a no-op otherwise.
 fn notify(state: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(state) {
@@ -477,7 +422,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
         mut incidents,
         server,
     } = start(&options).await?;
-    release_startup_memory();
+    memory::release_startup();
     // Probes attached, units named and followed, backlog read.
     notify(&[
         NotifyState::Ready,
