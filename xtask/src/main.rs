@@ -40,8 +40,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Overhead, latency and drop benchmarks; numbers are printed, not asserted.
-    Bench,
+    /// Overhead, latency and drop benchmarks next to peers (a C libbpf reader, bpftrace), the
+    /// scaling curve, then restarts on real systemd; numbers are printed, not asserted.
+    Bench {
+        /// Only one part: `kernel` (peers, overhead, latency, scaling) or `restart` (the
+        /// restart, workers and load benchmarks in a systemd-nspawn machine).
+        #[arg(value_enum)]
+        part: Option<BenchPart>,
+    },
     /// The Debian package (cargo-deb): binary, unit, default configuration, state directory.
     Package,
     /// Runs each cargo-fuzz target (record decoder, configuration, journal rules) for a while.
@@ -50,6 +56,12 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    Kernel,
+    Restart,
 }
 
 /// The workspace root (xtask's parent directory).
@@ -181,11 +193,16 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Package => package::deb().map(drop),
         Cmd::Fuzz { seconds } => fuzz::all(seconds),
-        Cmd::Bench => {
+        Cmd::Bench { part } => {
             require_root("the benchmarks")?;
             setup::host_for_tests()?;
             let daemon = build_daemon()?;
-            bench::all(&daemon)?;
+            if part != Some(BenchPart::Restart) {
+                bench::kernel(&daemon)?;
+            }
+            if part == Some(BenchPart::Kernel) {
+                return Ok(());
+            }
             setup::test_packages()?;
             setup::python_apps(&setup::machine_root()?)?;
             bench::restart(&daemon, &setup::machine_root()?)

@@ -1,126 +1,44 @@
-//! `cargo xtask bench`: what the daemon costs and how fast its records are. Numbers are printed,
-//! not asserted (timings depend on the machine); the README keeps the latest figures.
+//! `cargo xtask bench`: what the daemon costs and how fast its records are, next to peers
+//! measured in the same run. Numbers are printed, not asserted (timings depend on the machine);
+//! the README keeps the latest figures.
 //!
-//! - overhead: a fork/exit loop on every core, with and without the daemon, interleaved, median
-//!   of rounds; once with clean exits (filtered in the kernel) and once with failing exits (every
-//!   one becomes a record);
-//! - latency (kernel timestamp → record written) p50/p99/p99.9, idle and during the storm;
-//! - records lost at the host's maximum exit rate; the daemon's resident memory when idle;
-//! - restarts on real systemd in a systemd-nspawn machine: crash → restart requested and crash →
-//!   healthy, against restarts without the daemon (`tests/src/bin/restart-bench.rs`).
+//! The kernel part (`cargo xtask bench kernel` runs only it):
+//! - peers: a failing fork/exit storm on every core, in interleaved rounds, with no reader, with
+//!   a plain C libbpf ring-buffer reader (`xtask/peers`), with bpftrace counting and printing
+//!   each exit, and with detector: throughput with ÷ without, kernel → handler latency
+//!   p50/p99/p99.9, drops ([`reader`], [`peers`]);
+//! - overhead of clean exits (filtered in the kernel), with and without the daemon;
+//! - idle latency and resident memory; records lost at the host's maximum exit rate.
+//!
+//! Then restarts on real systemd in a systemd-nspawn machine: crash → restart requested and
+//! crash → healthy, against restarts without the daemon (`tests/src/bin/restart-bench.rs`).
+
+mod peers;
+mod reader;
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
+use reader::{Outcome, Peer, Reader, Tools};
 
-const ROUNDS: usize = 5;
+/// Interleaved rounds of the peer storm and of the clean-exit overhead.
+const ROUNDS: usize = 3;
 const FORKS_PER_CORE: usize = 20_000;
+/// Time for a reader to drain what a storm left in its buffer before it is stopped.
+const SETTLE: Duration = Duration::from_millis(300);
 
-struct Daemon {
-    child: Child,
-    latencies: Arc<Mutex<Vec<u64>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(bin: &Path) -> Result<Self> {
-        let mut child = Command::new(bin)
-            .arg("run")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let latencies = Arc::new(Mutex::new(Vec::new()));
-        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().context("daemon stdout")?;
-        let stderr = child.stderr.take().context("daemon stderr")?;
-        let l = Arc::clone(&latencies);
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // A substring, not a JSON parse: this reader shares the cores with what it measures.
-                if let Some(us) = latency_us(&line)
-                    && let Ok(mut l) = l.lock()
-                {
-                    l.push(us);
-                }
-            }
-        });
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let s = Arc::clone(&stderr_lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("detector ready") {
-                    let _ = ready_tx.send(());
-                }
-                if let Ok(mut s) = s.lock() {
-                    s.push(line);
-                }
-            }
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(30))
-            .context("daemon did not become ready")?;
-        Ok(Self {
-            child,
-            latencies,
-            stderr: stderr_lines,
-        })
-    }
-
-    fn take_latencies(&self) -> Vec<u64> {
-        self.latencies
-            .lock()
-            .map(|mut l| std::mem::take(&mut *l))
-            .unwrap_or_default()
-    }
-
-    fn rss_kb(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmRSS")
-    }
-
-    /// Stops the daemon; returns the `lost=` figure from its summary.
-    fn stop(mut self) -> Result<u64> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        self.child.wait()?;
-        thread::sleep(Duration::from_millis(100));
-        let lines = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
-        let summary = lines
-            .iter()
-            .find(|l| l.contains("detector stopped"))
-            .context("no summary from the daemon")?;
-        summary
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("lost="))
-            .and_then(|n| n.parse().ok())
-            .context("summary has no lost= figure")
-    }
-}
-
-fn latency_us(line: &str) -> Option<u64> {
-    let rest = &line[line.find("\"latency_us\":")? + "\"latency_us\":".len()..];
-    rest[..rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len())]
-        .parse()
-        .ok()
+fn cores() -> usize {
+    thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 /// Forks `FORKS_PER_CORE` children exiting with `code` on every core at once; returns exits/s.
 fn storm(victim: &Path, code: i32) -> Result<f64> {
-    let cores = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let cores = cores();
     let start = Instant::now();
     let children: Vec<Child> = (0..cores)
         .map(|_| {
@@ -140,6 +58,9 @@ fn storm(victim: &Path, code: i32) -> Result<f64> {
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -152,15 +73,16 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-fn latency_line(what: &str, mut v: Vec<u64>) {
-    v.sort_unstable();
+fn latency_line(what: &str, mut ns: Vec<u64>) {
+    ns.sort_unstable();
+    let us = |p| percentile(&ns, p) / 1000;
     println!(
-        "latency {what:<6} n={:<6} p50={} µs  p99={} µs  p99.9={} µs  max={} µs",
-        v.len(),
-        percentile(&v, 50.0),
-        percentile(&v, 99.0),
-        percentile(&v, 99.9),
-        v.last().copied().unwrap_or(0)
+        "latency {what:<24} n={:<6} p50={} µs  p99={} µs  p99.9={} µs  max={} µs",
+        ns.len(),
+        us(50.0),
+        us(99.0),
+        us(99.9),
+        ns.last().copied().unwrap_or(0) / 1000
     );
 }
 
@@ -170,40 +92,175 @@ fn build_helper(name: &str) -> Result<PathBuf> {
     Ok(crate::root().join("target/release").join(name))
 }
 
-pub(crate) fn all(daemon: &Path) -> Result<()> {
-    let victim = build_helper("victim")?;
-    for (label, code) in [
-        ("clean exits (filtered in kernel)", 0),
-        ("failing exits (one record each)", 1),
-    ] {
-        let (mut without, mut with) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            without.push(storm(&victim, code)?);
-            let d = Daemon::start(daemon)?;
-            with.push(storm(&victim, code)?);
-            d.stop()?;
+/// One storm of failing exits with `peer` reading; returns exits/s and what the peer reported.
+fn storm_with(tools: &Tools, victim: &Path, peer: Peer) -> Result<(f64, Outcome)> {
+    let reader = Reader::start(tools, peer)?;
+    // Deaths of other processes while it started are not the storm's.
+    let _ = reader.take_latencies();
+    let rate = storm(victim, 1)?;
+    thread::sleep(SETTLE);
+    Ok((rate, reader.stop()?))
+}
+
+/// What one peer gathered over the rounds.
+#[derive(Default)]
+struct Tally {
+    ratios: Vec<f64>,
+    latencies_ns: Vec<u64>,
+    lost: u64,
+    /// Why it stopped taking part, if it failed.
+    failed: Option<String>,
+}
+
+/// The peer table: the failing storm with no reader and with each peer, in rounds whose order
+/// turns, so that no peer always runs first or last after a quiet machine.
+fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
+    let mut tallies: Vec<Tally> = Peer::ALL.iter().map(|_| Tally::default()).collect();
+    let mut without_all = Vec::new();
+    for round in 0..ROUNDS {
+        let mut order: Vec<Option<Peer>> = std::iter::once(None)
+            .chain(Peer::ALL.into_iter().map(Some))
+            .collect();
+        let turn = round % order.len();
+        order.rotate_left(turn);
+        let mut without = None;
+        let mut with = Vec::new();
+        for config in order {
+            let Some(peer) = config else {
+                without = Some(storm(victim, 1)?);
+                continue;
+            };
+            let i = Peer::ALL.iter().position(|p| *p == peer).unwrap_or(0);
+            if tools.unavailable(peer).is_some() || tallies[i].failed.is_some() {
+                continue;
+            }
+            match storm_with(tools, victim, peer) {
+                Ok((rate, outcome)) => {
+                    with.push((i, rate));
+                    tallies[i].latencies_ns.extend(outcome.latencies_ns);
+                    tallies[i].lost += outcome.lost;
+                }
+                Err(e) => tallies[i].failed = Some(format!("{e:#}")),
+            }
         }
-        let (a, b) = (median(without), median(with));
+        if let Some(without) = without {
+            without_all.push(without);
+            for (i, rate) in with {
+                tallies[i].ratios.push(rate / without);
+            }
+        }
+    }
+    println!(
+        "failing-exit storm, {} cores × {FORKS_PER_CORE} forks, {ROUNDS} interleaved rounds: \
+         {:.0} exits/s without a reader (median)",
+        cores(),
+        median(without_all)
+    );
+    println!(
+        "  {:<18} {:>24} {:>9} {:>8} {:>8} {:>9} {:>6}",
+        "reader", "with ÷ without (range)", "records", "p50 µs", "p99 µs", "p99.9 µs", "drops"
+    );
+    for (peer, tally) in Peer::ALL.into_iter().zip(tallies) {
+        if let Some(why) = tools.unavailable(peer).or(tally.failed) {
+            println!("  {:<18} not run: {why}", peer.name());
+            continue;
+        }
+        let (lo, hi) = tally
+            .ratios
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+                (lo.min(*r), hi.max(*r))
+            });
+        let ratio = format!("{:.3} ({lo:.2}–{hi:.2})", median(tally.ratios));
+        let mut ns = tally.latencies_ns;
+        ns.sort_unstable();
+        let us = |p| format!("{:.0}", percentile(&ns, p) as f64 / 1000.0);
+        let (records, p50, p99, p999) = if peer.has_handler() {
+            (ns.len().to_string(), us(50.0), us(99.0), us(99.9))
+        } else {
+            (
+                "–".to_owned(),
+                "–".to_owned(),
+                "–".to_owned(),
+                "–".to_owned(),
+            )
+        };
         println!(
-            "overhead {label}: {a:.0} exits/s without, {b:.0} with the daemon: ratio {:.3}",
-            b / a
+            "  {:<18} {ratio:>24} {records:>9} {p50:>8} {p99:>8} {p999:>9} {:>6}",
+            peer.name(),
+            tally.lost
         );
     }
+    println!(
+        "  (latency from bpf_ktime_get_ns in the kernel to: the C reader's ring_buffer__poll \
+         callback; bpftrace's printed line read here from its pipe; detector's record written \
+         (its latency_us). bpftrace (count) keeps a count in the kernel: no handler. Drops: \
+         ring-buffer reservations that failed; bpftrace's \"Lost N events\".)"
+    );
+    Ok(())
+}
 
-    let d = Daemon::start(daemon)?;
+/// Clean exits are filtered in the kernel: with and without the daemon, interleaved.
+fn clean_overhead(tools: &Tools, victim: &Path) -> Result<()> {
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        without.push(storm(victim, 0)?);
+        let d = Reader::start(tools, Peer::Detector)?;
+        with.push(storm(victim, 0)?);
+        d.stop()?;
+    }
+    let (a, b) = (median(without), median(with));
+    println!(
+        "overhead clean exits (filtered in kernel): {a:.0} exits/s without, {b:.0} with the daemon: ratio {:.3}",
+        b / a
+    );
+    Ok(())
+}
+
+/// Failing exits one at a time, 5 ms apart.
+fn sparse_deaths() -> Result<()> {
     for _ in 0..300 {
         Command::new("sh").args(["-c", "exit 1"]).status()?;
         thread::sleep(Duration::from_millis(5));
     }
     thread::sleep(Duration::from_millis(200));
-    latency_line("idle", d.take_latencies());
-    println!("idle RSS: {} kB", d.rss_kb()?);
-    let rate = storm(&victim, 1)?;
-    thread::sleep(Duration::from_millis(500));
-    latency_line("storm", d.take_latencies());
-    let lost = d.stop()?;
+    Ok(())
+}
+
+/// Idle latency and memory of the daemon (and of the C reader), then the daemon's drops at the
+/// host's maximum rate.
+fn idle(tools: &Tools, victim: &Path) -> Result<()> {
+    if tools.unavailable(Peer::CReader).is_none() {
+        let c = Reader::start(tools, Peer::CReader)?;
+        sparse_deaths()?;
+        let rss = c.rss_kb()?;
+        latency_line("idle, C libbpf reader", c.stop()?.latencies_ns);
+        println!("idle RSS, C libbpf reader: {rss} kB");
+    }
+    let d = Reader::start(tools, Peer::Detector)?;
+    sparse_deaths()?;
+    latency_line("idle, detector", d.take_latencies());
+    println!("idle RSS, detector: {} kB", d.rss_kb()?);
+    let rate = storm(victim, 1)?;
+    thread::sleep(SETTLE);
+    latency_line("storm, detector", d.take_latencies());
+    let lost = d.stop()?.lost;
     println!("drops at the host's max failing-exit rate ({rate:.0} exits/s): {lost}");
     Ok(())
+}
+
+/// The kernel benchmarks: peers, overhead, idle, scaling.
+pub(crate) fn kernel(daemon: &Path) -> Result<()> {
+    let victim = build_helper("victim")?;
+    let tools = peers::tools(daemon);
+    for peer in Peer::ALL {
+        if let Some(why) = tools.unavailable(peer) {
+            println!("{}: not run: {why}", peer.name());
+        }
+    }
+    peers_table(&tools, &victim)?;
+    clean_overhead(&tools, &victim)?;
+    idle(&tools, &victim)
 }
 
 /// The restart, workers and load benchmarks, run by `restart-bench`, `workers-bench` and

@@ -1,0 +1,343 @@
+//! A reader of exit events under test, run as a child process: detector itself, or one of its
+//! peers. Each reports, on its own terms, the latency from the kernel's timestamp to its handler
+//! and the records it lost.
+
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    time::{ClockId, clock_gettime},
+    unistd::Pid,
+};
+
+/// The readers every bench run compares.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Peer {
+    /// `xtask/peers/exit_reader.c`: libbpf's `ring_buffer__poll` on a ring buffer fed by a
+    /// `tp_btf/sched_process_exit` program that keeps failing exits only.
+    CReader,
+    /// bpftrace counting failing exits in a map: no record leaves the kernel.
+    BpftraceCount,
+    /// bpftrace printing each failing exit's kernel time.
+    BpftracePrint,
+    /// The daemon, its records on stdout.
+    Detector,
+}
+
+impl Peer {
+    pub(super) const ALL: [Self; 4] = [
+        Self::CReader,
+        Self::BpftraceCount,
+        Self::BpftracePrint,
+        Self::Detector,
+    ];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::CReader => "C libbpf reader",
+            Self::BpftraceCount => "bpftrace (count)",
+            Self::BpftracePrint => "bpftrace (print)",
+            Self::Detector => "detector",
+        }
+    }
+
+    /// Whether each record reaches a handler in userspace, so that it has a latency.
+    pub(super) fn has_handler(self) -> bool {
+        self != Self::BpftraceCount
+    }
+
+    /// The line that says the reader is attached (and on which stream).
+    fn ready_marker(self) -> (&'static str, bool) {
+        match self {
+            Self::CReader => ("ready", false),
+            // Printed by BEGIN, which bpftrace fires once every probe is attached.
+            Self::BpftraceCount | Self::BpftracePrint => ("ready", true),
+            Self::Detector => ("detector ready", false),
+        }
+    }
+}
+
+/// bpftrace's programs. `curtask` is the exiting task (the tracepoint runs in `do_exit()`, see
+/// kernel/exit.c), and its `exit_code` is set by then: the same failing exits detector and the
+/// C reader keep (the storm's children are single-threaded, so every exit ends a group).
+/// `nsecs` is `bpf_ktime_get_ns()`, CLOCK_MONOTONIC.
+pub(super) const BPFTRACE_COUNT: &str = r#"BEGIN { printf("ready\n"); }
+tracepoint:sched:sched_process_exit /curtask->exit_code != 0/ { @failing = count(); }"#;
+pub(super) const BPFTRACE_PRINT: &str = r#"BEGIN { printf("ready\n"); }
+tracepoint:sched:sched_process_exit /curtask->exit_code != 0/ { printf("%llu\n", nsecs); }"#;
+
+/// How to start each reader, or why it cannot run here.
+pub(super) struct Tools {
+    pub(super) daemon: PathBuf,
+    /// The reader's binary and its BPF object.
+    pub(super) c_reader: Result<(PathBuf, PathBuf), String>,
+    pub(super) bpftrace: Result<PathBuf, String>,
+}
+
+impl Tools {
+    fn command(&self, peer: Peer) -> Result<Command, String> {
+        Ok(match peer {
+            Peer::CReader => {
+                let (bin, object) = self.c_reader.as_ref().map_err(Clone::clone)?;
+                let mut cmd = Command::new(bin);
+                cmd.arg(object);
+                cmd
+            }
+            Peer::BpftraceCount | Peer::BpftracePrint => {
+                let bin = self.bpftrace.as_ref().map_err(Clone::clone)?;
+                let mut cmd = Command::new(bin);
+                // Line-buffered: the latency is taken when the line arrives here.
+                cmd.args(["-B", "line", "-e"])
+                    .arg(if peer == Peer::BpftraceCount {
+                        BPFTRACE_COUNT
+                    } else {
+                        BPFTRACE_PRINT
+                    });
+                cmd
+            }
+            Peer::Detector => {
+                let mut cmd = Command::new(&self.daemon);
+                cmd.arg("run");
+                cmd
+            }
+        })
+    }
+
+    /// Why `peer` cannot run on this machine, if it cannot.
+    pub(super) fn unavailable(&self, peer: Peer) -> Option<String> {
+        self.command(peer).err()
+    }
+}
+
+/// What a reader reported once stopped.
+pub(super) struct Outcome {
+    /// Kernel → handler, in nanoseconds (detector's are whole microseconds).
+    pub(super) latencies_ns: Vec<u64>,
+    /// Records lost: the daemon's and the C reader's ring-buffer reservations that failed,
+    /// bpftrace's "Lost N events".
+    pub(super) lost: u64,
+}
+
+/// A running reader.
+pub(super) struct Reader {
+    peer: Peer,
+    child: Child,
+    latencies: Arc<Mutex<Vec<u64>>>,
+    /// stderr, and stdout lines that are not latencies.
+    lines: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn monotonic_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        (t.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(t.tv_nsec() as u64)
+    })
+}
+
+/// The `latency_us` field of one of detector's records. A substring, not a JSON parse: this
+/// reader shares the cores with what it measures.
+pub(super) fn latency_us(line: &str) -> Option<u64> {
+    let rest = &line[line.find("\"latency_us\":")? + "\"latency_us\":".len()..];
+    rest[..rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len())]
+        .parse()
+        .ok()
+}
+
+/// A stdout line's kernel → handler latency, if it carries one.
+fn latency_ns(peer: Peer, line: &str) -> Option<u64> {
+    match peer {
+        Peer::Detector => latency_us(line).map(|us| us * 1000),
+        // The exit-reader's own measure, printed when it stops.
+        Peer::CReader => line.trim().parse().ok(),
+        // bpftrace prints the kernel's time; the handler here is this line being read.
+        Peer::BpftracePrint => line
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|t| monotonic_ns().saturating_sub(t)),
+        Peer::BpftraceCount => None,
+    }
+}
+
+/// Sums the `Lost N events` lines bpftrace prints when its output buffer overflowed.
+fn bpftrace_lost(lines: &[String]) -> u64 {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.trim().strip_prefix("Lost ")?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// The `lost=N` word of a summary line.
+fn lost_field(line: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("lost="))
+        .and_then(|n| n.parse().ok())
+}
+
+impl Reader {
+    pub(super) fn start(tools: &Tools, peer: Peer) -> Result<Self> {
+        let mut cmd = tools.command(peer).map_err(anyhow::Error::msg)?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", peer.name()))?;
+        let latencies = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (marker, on_stdout) = peer.ready_marker();
+        let stdout = child.stdout.take().context("reader stdout")?;
+        let stderr = child.stderr.take().context("reader stderr")?;
+        let mut threads = Vec::new();
+        for (stream, is_stdout) in [
+            (Box::new(stdout) as Box<dyn Read + Send>, true),
+            (Box::new(stderr), false),
+        ] {
+            let (latencies, lines, ready_tx) =
+                (Arc::clone(&latencies), Arc::clone(&lines), ready_tx.clone());
+            threads.push(thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if is_stdout && let Some(ns) = latency_ns(peer, &line) {
+                        if let Ok(mut l) = latencies.lock() {
+                            l.push(ns);
+                        }
+                        continue;
+                    }
+                    if is_stdout == on_stdout && line.contains(marker) {
+                        let _ = ready_tx.send(());
+                    }
+                    if peer == Peer::Detector && is_stdout {
+                        // Records without a latency: nothing to keep.
+                        continue;
+                    }
+                    if let Ok(mut l) = lines.lock() {
+                        l.push(line);
+                    }
+                }
+            }));
+        }
+        drop(ready_tx);
+        let mut reader = Self {
+            peer,
+            child,
+            latencies,
+            lines,
+            threads,
+        };
+        if ready_rx.recv_timeout(Duration::from_mins(1)).is_err() {
+            let _ = reader.child.kill();
+            let _ = reader.child.wait();
+            for t in reader.threads.drain(..) {
+                let _ = t.join();
+            }
+            let said = reader
+                .lines
+                .lock()
+                .map(|l| l.join("\n"))
+                .unwrap_or_default();
+            bail!("{} did not become ready: {}", peer.name(), said.trim());
+        }
+        Ok(reader)
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The latencies gathered so far (none for the C reader before it stops).
+    pub(super) fn take_latencies(&self) -> Vec<u64> {
+        self.latencies
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    pub(super) fn rss_kb(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS")
+    }
+
+    /// Stops the reader and gathers what it reported.
+    pub(super) fn stop(mut self) -> Result<Outcome> {
+        let signal = match self.peer {
+            // bpftrace prints its maps and exits on SIGINT.
+            Peer::BpftraceCount | Peer::BpftracePrint => Signal::SIGINT,
+            Peer::CReader | Peer::Detector => Signal::SIGTERM,
+        };
+        kill(Pid::from_raw(self.child.id() as i32), signal)?;
+        let status = self.child.wait()?;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
+        let lost = match self.peer {
+            Peer::BpftraceCount | Peer::BpftracePrint => bpftrace_lost(&lines),
+            Peer::CReader | Peer::Detector => {
+                let summary = if self.peer == Peer::Detector {
+                    "detector stopped"
+                } else {
+                    "exit-reader stopped"
+                };
+                lines
+                    .iter()
+                    .filter(|l| l.contains(summary))
+                    .find_map(|l| lost_field(l))
+                    .with_context(|| {
+                        format!(
+                            "{} ({status}) left no summary with lost=: {}",
+                            self.peer.name(),
+                            lines.join("\n").trim()
+                        )
+                    })?
+            }
+        };
+        Ok(Outcome {
+            latencies_ns: self.take_latencies(),
+            lost,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_readers_print() {
+        assert_eq!(
+            latency_us(r#"{"pid":7,"latency_us":123,"unit":"a"}"#),
+            Some(123)
+        );
+        assert_eq!(latency_us(r#"{"pid":7}"#), None);
+        assert_eq!(latency_ns(Peer::CReader, "4567"), Some(4567));
+        assert_eq!(latency_ns(Peer::BpftraceCount, "@failing: 3"), None);
+        assert_eq!(
+            bpftrace_lost(&["Lost 12 events".to_owned(), "Lost 3 events".to_owned()]),
+            15
+        );
+        assert_eq!(
+            lost_field("exit-reader stopped seen=10 lost=2"),
+            Some(2),
+            "the C reader's summary"
+        );
+    }
+}
