@@ -8,13 +8,17 @@
 //!   each exit, and with detector: throughput with ÷ without, kernel → handler latency
 //!   p50/p99/p99.9, drops ([`reader`], [`peers`]);
 //! - overhead of clean exits (filtered in the kernel), with and without the daemon;
-//! - idle latency and resident memory; records lost at the host's maximum exit rate.
+//! - idle latency and resident memory; records lost at the host's maximum exit rate;
+//! - scaling: paced failing-exit rates against latency, drops and CPU, drawn to
+//!   `target/bench/scaling.svg` ([`scaling`]).
 //!
 //! Then restarts on real systemd in a systemd-nspawn machine: crash → restart requested and
 //! crash → healthy, against restarts without the daemon (`tests/src/bin/restart-bench.rs`).
 
 mod peers;
 mod reader;
+mod scaling;
+mod svg;
 
 use std::{
     path::{Path, PathBuf},
@@ -260,7 +264,10 @@ pub(crate) fn kernel(daemon: &Path) -> Result<()> {
     }
     peers_table(&tools, &victim)?;
     clean_overhead(&tools, &victim)?;
-    idle(&tools, &victim)
+    idle(&tools, &victim)?;
+    let svg = scaling::run(&tools, &victim)?;
+    println!("scaling curve: {}", svg.display());
+    Ok(())
 }
 
 /// The restart, workers and load benchmarks, run by `restart-bench`, `workers-bench` and

@@ -276,6 +276,27 @@ impl Reader {
             .context("no VmRSS")
     }
 
+    /// The CPU time the reader has used so far (user + system, every thread), in clock ticks.
+    pub(super) fn cpu_ticks(&self) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // The command name may hold spaces and parentheses: fields are counted after the last
+        // ')'. utime and stime are fields 14 and 15 (proc_pid_stat(5)); the first after ')' is
+        // field 3.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("odd /proc/PID/stat")?
+            .1
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| -> Result<u64> {
+            fields
+                .get(n - 3)
+                .and_then(|f| f.parse().ok())
+                .with_context(|| format!("no field {n} in /proc/PID/stat"))
+        };
+        Ok(field(14)? + field(15)?)
+    }
+
     /// Stops the reader and gathers what it reported.
     pub(super) fn stop(mut self) -> Result<Outcome> {
         let signal = match self.peer {
