@@ -31,7 +31,7 @@ use anyhow::{Result, bail};
 use reader::{Outcome, Peer, Reader, Tools};
 
 /// Interleaved rounds of the peer storm and of the clean-exit overhead.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const FORKS_PER_CORE: usize = 20_000;
 /// Time for a reader to drain what a storm left in its buffer before it is stopped.
 const SETTLE: Duration = Duration::from_millis(300);

@@ -166,11 +166,23 @@ pub(super) fn run(tools: &Tools, victim: &Path) -> Result<PathBuf> {
             series: series(|p| p.cpu_pct),
         },
     ];
-    let caption = format!(
-        "failing exits paced at 1k, 5k, 10k, 20k/s and the host's maximum on {} cores; \
+    // Drops get a caption line, not a panel: they are zero unless something is wrong.
+    let mut caption = vec![format!(
+        "failing exits paced at 1k, 5k, 10k, 20k/s and the host's maximum on {} cores, \
          {SECONDS} s a point (cargo xtask bench)",
         cores()
-    );
+    )];
+    caption.push(format!(
+        "records lost, rate by rate: {}",
+        curves
+            .iter()
+            .map(|(peer, points)| {
+                let lost: Vec<String> = points.iter().map(|p| p.lost.to_string()).collect();
+                format!("{} {}", peer.name(), lost.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
     let svg = plot("failing exits per second (reached)", &panels, &caption);
     let dir = crate::root().join("target/bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

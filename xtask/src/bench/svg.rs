@@ -22,7 +22,7 @@ const PANEL_W: f64 = 440.0;
 const PANEL_H: f64 = 320.0;
 /// Plot area inside a panel: left (y tick labels and axis label), top (title), right, bottom.
 const LEFT: f64 = 70.0;
-const TOP: f64 = 40.0;
+const TOP: f64 = 58.0;
 const RIGHT: f64 = 20.0;
 const BOTTOM: f64 = 60.0;
 
@@ -122,10 +122,11 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// The SVG document: `panels` side by side, every x axis labelled `x_label`, `caption` below.
-pub(super) fn plot(x_label: &str, panels: &[Panel], caption: &str) -> String {
+/// The SVG document: `panels` side by side, every x axis labelled `x_label`, the `caption` lines
+/// below.
+pub(super) fn plot(x_label: &str, panels: &[Panel], caption: &[String]) -> String {
     let width = PANEL_W * panels.len() as f64;
-    let height = PANEL_H + 30.0;
+    let height = PANEL_H + 12.0 + 18.0 * caption.len() as f64;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -139,13 +140,15 @@ pub(super) fn plot(x_label: &str, panels: &[Panel], caption: &str) -> String {
         let x0 = PANEL_W * i as f64;
         draw_panel(&mut s, x0, x_label, panel);
     }
-    let _ = writeln!(
-        s,
-        r##"<text x="{}" y="{}" text-anchor="middle" fill="#555">{}</text>"##,
-        width / 2.0,
-        height - 8.0,
-        escape(caption)
-    );
+    for (i, line) in caption.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="middle" fill="#555">{}</text>"##,
+            width / 2.0,
+            PANEL_H + 14.0 + 18.0 * i as f64,
+            escape(line)
+        );
+    }
     s.push_str("</svg>\n");
     s
 }
@@ -206,7 +209,8 @@ fn draw_panel(s: &mut String, x0: f64, x_label: &str, panel: &Panel) {
         r#"<text x="{lx:.1}" y="{ly:.1}" text-anchor="middle" transform="rotate(-90 {lx:.1} {ly:.1})">{}</text>"#,
         escape(&panel.y_label)
     );
-    // The series, then the legend in the top left corner.
+    // The series, each with its entry in the legend: one row between the title and the plot,
+    // where no point can hide it.
     for (i, series) in panel.series.iter().enumerate() {
         let points = &series.points;
         let path: Vec<String> = points
@@ -228,15 +232,15 @@ fn draw_panel(s: &mut String, x0: f64, x_label: &str, panel: &Panel) {
                 series.colour
             );
         }
-        let ly = top + 14.0 + 18.0 * i as f64;
+        let (lx, ly) = (left + 150.0 * i as f64, top - 16.0);
         let _ = writeln!(
             s,
             r#"<line x1="{0:.1}" y1="{1:.1}" x2="{2:.1}" y2="{1:.1}" stroke="{3}" stroke-width="2"/><text x="{4:.1}" y="{5:.1}">{6}</text>"#,
-            left + 10.0,
+            lx,
             ly,
-            left + 30.0,
+            lx + 20.0,
             series.colour,
-            left + 36.0,
+            lx + 26.0,
             ly + 4.0,
             escape(&series.name)
         );
@@ -269,7 +273,7 @@ mod tests {
                     points: vec![(1000.0, 50.0), (5000.0, 80.0)],
                 }],
             }],
-            "caption",
+            &["caption".to_owned()],
         );
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
         assert!(svg.contains("p99 &lt;latency&gt;"));
