@@ -112,6 +112,8 @@ struct Tally {
     ratios: Vec<f64>,
     latencies_ns: Vec<u64>,
     lost: u64,
+    /// Failing exits counted in the kernel (bpftrace (count)).
+    counted: u64,
     /// Why it stopped taking part, if it failed.
     failed: Option<String>,
 }
@@ -143,6 +145,7 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
                     with.push((i, rate));
                     tallies[i].latencies_ns.extend(outcome.latencies_ns);
                     tallies[i].lost += outcome.lost;
+                    tallies[i].counted += outcome.counted.unwrap_or(0);
                 }
                 Err(e) => tallies[i].failed = Some(format!("{e:#}")),
             }
@@ -165,8 +168,12 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
         "reader", "with ÷ without (range)", "records", "p50 µs", "p99 µs", "p99.9 µs", "drops"
     );
     for (peer, tally) in Peer::ALL.into_iter().zip(tallies) {
-        if let Some(why) = tools.unavailable(peer).or(tally.failed) {
+        if let Some(why) = tools.unavailable(peer) {
             println!("  {:<18} not run: {why}", peer.name());
+            continue;
+        }
+        if let Some(why) = tally.failed {
+            println!("  {:<18} failed in a round, left out: {why}", peer.name());
             continue;
         }
         let (lo, hi) = tally
@@ -182,12 +189,8 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
         let (records, p50, p99, p999) = if peer.has_handler() {
             (ns.len().to_string(), us(50.0), us(99.0), us(99.9))
         } else {
-            (
-                "–".to_owned(),
-                "–".to_owned(),
-                "–".to_owned(),
-                "–".to_owned(),
-            )
+            let none = || "–".to_owned();
+            (tally.counted.to_string(), none(), none(), none())
         };
         println!(
             "  {:<18} {ratio:>24} {records:>9} {p50:>8} {p99:>8} {p999:>9} {:>6}",
@@ -198,7 +201,7 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
     println!(
         "  (latency from bpf_ktime_get_ns in the kernel to: the C reader's ring_buffer__poll \
          callback; bpftrace's printed line read here from its pipe; detector's record written \
-         (its latency_us). bpftrace (count) keeps a count in the kernel: no handler. Drops: \
+         (its latency_us). bpftrace (count) keeps a count in the kernel (its records: that count): no handler. Drops: \
          ring-buffer reservations that failed; bpftrace's \"Lost N events\".)"
     );
     Ok(())

@@ -124,6 +124,8 @@ pub(super) struct Outcome {
     /// Records lost: the daemon's and the C reader's ring-buffer reservations that failed,
     /// bpftrace's "Lost N events".
     pub(super) lost: u64,
+    /// The failing exits bpftrace (count) counted in the kernel (`@failing: N` when it stops).
+    pub(super) counted: Option<u64>,
 }
 
 /// A running reader.
@@ -180,6 +182,15 @@ fn bpftrace_lost(lines: &[String]) -> u64 {
             rest.split_whitespace().next()?.parse::<u64>().ok()
         })
         .sum()
+}
+
+/// The `@failing: N` line bpftrace (count) prints when it stops.
+fn bpftrace_count(lines: &[String]) -> Option<u64> {
+    lines.iter().find_map(|l| {
+        l.trim()
+            .strip_prefix("@failing:")
+            .and_then(|n| n.trim().parse().ok())
+    })
 }
 
 /// The `lost=N` word of a summary line.
@@ -334,6 +345,7 @@ impl Reader {
         Ok(Outcome {
             latencies_ns: self.take_latencies(),
             lost,
+            counted: bpftrace_count(&lines),
         })
     }
 }
@@ -354,6 +366,13 @@ mod tests {
         assert_eq!(
             bpftrace_lost(&["Lost 12 events".to_owned(), "Lost 3 events".to_owned()]),
             15
+        );
+        assert_eq!(
+            bpftrace_count(&[
+                "Attaching 2 probes...".to_owned(),
+                "@failing: 40001".to_owned()
+            ]),
+            Some(40001)
         );
         assert_eq!(
             lost_field("exit-reader stopped seen=10 lost=2"),
