@@ -251,17 +251,23 @@ impl Reader {
             threads,
         };
         if ready_rx.recv_timeout(Duration::from_mins(1)).is_err() {
+            // Killing a child that already exited (a zombie until waited for) is harmless, and
+            // the wait then returns its own exit status.
             let _ = reader.child.kill();
-            let _ = reader.child.wait();
+            let status = reader.child.wait()?;
             for t in reader.threads.drain(..) {
                 let _ = t.join();
             }
             let said = reader
                 .lines
                 .lock()
-                .map(|l| l.join("\n"))
+                .map(|l| l.join(" | "))
                 .unwrap_or_default();
-            bail!("{} did not become ready: {}", peer.name(), said.trim());
+            bail!(
+                "{} did not become ready ({status}); it said: {:?}",
+                peer.name(),
+                said.trim()
+            );
         }
         Ok(reader)
     }
@@ -353,6 +359,29 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reader_that_cannot_run_says_why() {
+        let tools = Tools {
+            daemon: PathBuf::from("/nonexistent/detector"),
+            // A reader that exits at once, before it is ready.
+            c_reader: Ok((PathBuf::from("/bin/false"), PathBuf::from("object"))),
+            bpftrace: Err("the package is missing".to_owned()),
+        };
+        assert_eq!(
+            tools.unavailable(Peer::BpftracePrint).as_deref(),
+            Some("the package is missing")
+        );
+        assert_eq!(tools.unavailable(Peer::CReader), None);
+        let err = Reader::start(&tools, Peer::CReader)
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert_eq!(
+            err.as_deref(),
+            Some("C libbpf reader did not become ready (exit status: 1); it said: \"\"")
+        );
+        assert!(Reader::start(&tools, Peer::Detector).is_err());
+    }
 
     #[test]
     fn parses_what_readers_print() {
