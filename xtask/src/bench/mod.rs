@@ -28,7 +28,8 @@ use std::{
 };
 
 use anyhow::{Result, bail};
-use reader::{Outcome, Peer, Reader, Tools};
+use peers::{Peer, Tools};
+use reader::{Outcome, Reader};
 
 /// Interleaved rounds of the peer storm and of the clean-exit overhead.
 const ROUNDS: usize = 5;

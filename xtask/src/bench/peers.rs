@@ -9,8 +9,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::reader::Tools;
-
 /// Finds or installs bpftrace, builds the C reader, and says why either is unavailable.
 pub(super) fn tools(daemon: &Path) -> Tools {
     let installed = crate::setup::bench_packages().map_err(|e| format!("{e:#}"));
@@ -66,4 +64,103 @@ fn build_c_reader() -> Result<(PathBuf, PathBuf)> {
             .arg("-lbpf"),
     )?;
     Ok((reader, object))
+}
+
+/// The readers every bench run compares.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Peer {
+    /// `xtask/peers/exit_reader.c`: libbpf's `ring_buffer__poll` on a ring buffer fed by a
+    /// `tp_btf/sched_process_exit` program that keeps failing exits only.
+    CReader,
+    /// bpftrace counting failing exits in a map: no record leaves the kernel.
+    BpftraceCount,
+    /// bpftrace printing each failing exit's kernel time.
+    BpftracePrint,
+    /// The daemon, its records on stdout.
+    Detector,
+}
+
+impl Peer {
+    pub(super) const ALL: [Self; 4] = [
+        Self::CReader,
+        Self::BpftraceCount,
+        Self::BpftracePrint,
+        Self::Detector,
+    ];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::CReader => "C libbpf reader",
+            Self::BpftraceCount => "bpftrace (count)",
+            Self::BpftracePrint => "bpftrace (print)",
+            Self::Detector => "detector",
+        }
+    }
+
+    /// Whether each record reaches a handler in userspace, so that it has a latency.
+    pub(super) fn has_handler(self) -> bool {
+        self != Self::BpftraceCount
+    }
+
+    /// The line that says the reader is attached (and on which stream).
+    pub(super) fn ready_marker(self) -> (&'static str, bool) {
+        match self {
+            Self::CReader => ("ready", false),
+            // Printed by BEGIN, which bpftrace fires once every probe is attached.
+            Self::BpftraceCount | Self::BpftracePrint => ("ready", true),
+            Self::Detector => ("detector ready", false),
+        }
+    }
+}
+
+/// bpftrace's programs. `curtask` is the exiting task (the tracepoint runs in `do_exit()`, see
+/// kernel/exit.c), and its `exit_code` is set by then: the same failing exits detector and the
+/// C reader keep (the storm's children are single-threaded, so every exit ends a group).
+/// `nsecs` is `bpf_ktime_get_ns()`, CLOCK_MONOTONIC.
+pub(super) const BPFTRACE_COUNT: &str = r#"BEGIN { printf("ready\n"); }
+tracepoint:sched:sched_process_exit /curtask->exit_code != 0/ { @failing = count(); }"#;
+pub(super) const BPFTRACE_PRINT: &str = r#"BEGIN { printf("ready\n"); }
+tracepoint:sched:sched_process_exit /curtask->exit_code != 0/ { printf("%llu\n", nsecs); }"#;
+
+/// How to start each reader, or why it cannot run here.
+pub(super) struct Tools {
+    pub(super) daemon: PathBuf,
+    /// The reader's binary and its BPF object.
+    pub(super) c_reader: Result<(PathBuf, PathBuf), String>,
+    pub(super) bpftrace: Result<PathBuf, String>,
+}
+
+impl Tools {
+    pub(super) fn command(&self, peer: Peer) -> Result<Command, String> {
+        Ok(match peer {
+            Peer::CReader => {
+                let (bin, object) = self.c_reader.as_ref().map_err(Clone::clone)?;
+                let mut cmd = Command::new(bin);
+                cmd.arg(object);
+                cmd
+            }
+            Peer::BpftraceCount | Peer::BpftracePrint => {
+                let bin = self.bpftrace.as_ref().map_err(Clone::clone)?;
+                let mut cmd = Command::new(bin);
+                // Line-buffered: the latency is taken when the line arrives here.
+                cmd.args(["-B", "line", "-e"])
+                    .arg(if peer == Peer::BpftraceCount {
+                        BPFTRACE_COUNT
+                    } else {
+                        BPFTRACE_PRINT
+                    });
+                cmd
+            }
+            Peer::Detector => {
+                let mut cmd = Command::new(&self.daemon);
+                cmd.arg("run");
+                cmd
+            }
+        })
+    }
+
+    /// Why `peer` cannot run on this machine, if it cannot.
+    pub(super) fn unavailable(&self, peer: Peer) -> Option<String> {
+        self.command(peer).err()
+    }
 }

@@ -12,8 +12,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use super::{
-    cores, percentile,
-    reader::{Peer, Reader, Tools},
+    cores,
+    peers::{Peer, Tools},
+    percentile,
+    reader::Reader,
     svg::{Panel, Series, plot},
 };
 
