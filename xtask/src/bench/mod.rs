@@ -164,6 +164,13 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
         cores(),
         median(without_all)
     );
+    // Every reader sees every failing exit on the host: more records than the storm made say
+    // that something else was dying meanwhile, and shared the cores.
+    println!(
+        "  the storms make {} failing exits per reader: more records mean other deaths on the \
+         host during the run, and disturbed figures",
+        ROUNDS * cores() * FORKS_PER_CORE
+    );
     println!(
         "  {:<18} {:>24} {:>9} {:>8} {:>8} {:>9} {:>6}",
         "reader", "with ÷ without (range)", "records", "p50 µs", "p99 µs", "p99.9 µs", "drops"

@@ -101,7 +101,8 @@ fn point(tools: &Tools, victim: &Path, peer: Peer, rate: Option<u32>) -> Result<
 
 fn table(peer: Peer, points: &[Point]) {
     println!(
-        "scaling, {}: failing exits paced on {} cores, {SECONDS} s a rate",
+        "scaling, {}: failing exits paced on {} cores, {SECONDS} s a rate (records beyond \
+         reached × {SECONDS} s: other deaths on the host meanwhile)",
         peer.name(),
         cores()
     );
