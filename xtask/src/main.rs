@@ -43,8 +43,7 @@ enum Cmd {
     /// Overhead, latency and drop benchmarks next to peers (a C libbpf reader, bpftrace), the
     /// scaling curve, then restarts on real systemd; numbers are printed, not asserted.
     Bench {
-        /// Only one part: `kernel` (peers, overhead, latency, scaling) or `restart` (the
-        /// restart, workers and load benchmarks in a systemd-nspawn machine).
+        /// Only this part (both when omitted).
         #[arg(value_enum)]
         part: Option<BenchPart>,
     },
@@ -58,9 +57,12 @@ enum Cmd {
     },
 }
 
+/// A part of `cargo xtask bench`.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BenchPart {
+    /// Peers, overhead, latency, memory and the scaling curve (about 3 minutes).
     Kernel,
+    /// Restarts, workers and load on real systemd in a systemd-nspawn machine.
     Restart,
 }
 
