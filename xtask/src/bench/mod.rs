@@ -115,6 +115,9 @@ struct Tally {
     lost: u64,
     /// Failing exits counted in the kernel (bpftrace (count)).
     counted: u64,
+    /// Rounds in which the peer saw over 1% more failing exits than the storm made: something
+    /// else on the host was dying, and sharing the cores.
+    disturbed: usize,
     /// Why it stopped taking part, if it failed.
     failed: Option<String>,
 }
@@ -144,6 +147,10 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
             match storm_with(tools, victim, peer) {
                 Ok((rate, outcome)) => {
                     with.push((i, rate));
+                    let seen = outcome.counted.unwrap_or(outcome.latencies_ns.len() as u64);
+                    if seen as f64 > 1.01 * (cores() * FORKS_PER_CORE) as f64 {
+                        tallies[i].disturbed += 1;
+                    }
                     tallies[i].latencies_ns.extend(outcome.latencies_ns);
                     tallies[i].lost += outcome.lost;
                     tallies[i].counted += outcome.counted.unwrap_or(0);
@@ -158,6 +165,12 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
             }
         }
     }
+    print_peers(tools, without_all, tallies);
+    Ok(())
+}
+
+/// Prints the peer table from the rounds' figures.
+fn print_peers(tools: &Tools, without_all: Vec<f64>, tallies: Vec<Tally>) {
     println!(
         "failing-exit storm, {} cores × {FORKS_PER_CORE} forks, {ROUNDS} interleaved rounds: \
          {:.0} exits/s without a reader (median)",
@@ -167,13 +180,20 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
     // Every reader sees every failing exit on the host: more records than the storm made say
     // that something else was dying meanwhile, and shared the cores.
     println!(
-        "  the storms make {} failing exits per reader: more records mean other deaths on the \
-         host during the run, and disturbed figures",
+        "  the storms make {} failing exits per reader; \"disturbed\": rounds in which the reader \
+         saw over 1% more (other deaths on the host, sharing the cores)",
         ROUNDS * cores() * FORKS_PER_CORE
     );
     println!(
-        "  {:<18} {:>24} {:>9} {:>8} {:>8} {:>9} {:>6}",
-        "reader", "with ÷ without (range)", "records", "p50 µs", "p99 µs", "p99.9 µs", "drops"
+        "  {:<18} {:>24} {:>9} {:>8} {:>8} {:>9} {:>6} {:>10}",
+        "reader",
+        "with ÷ without (range)",
+        "records",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "drops",
+        "disturbed"
     );
     for (peer, tally) in Peer::ALL.into_iter().zip(tallies) {
         if let Some(why) = tools.unavailable(peer) {
@@ -190,6 +210,7 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
             .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
                 (lo.min(*r), hi.max(*r))
             });
+        let disturbed = format!("{}/{}", tally.disturbed, tally.ratios.len());
         let ratio = format!("{:.3} ({lo:.2}–{hi:.2})", median(tally.ratios));
         let mut ns = tally.latencies_ns;
         ns.sort_unstable();
@@ -201,7 +222,7 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
             (tally.counted.to_string(), none(), none(), none())
         };
         println!(
-            "  {:<18} {ratio:>24} {records:>9} {p50:>8} {p99:>8} {p999:>9} {:>6}",
+            "  {:<18} {ratio:>24} {records:>9} {p50:>8} {p99:>8} {p999:>9} {:>6} {disturbed:>10}",
             peer.name(),
             tally.lost
         );
@@ -212,7 +233,6 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
          (its latency_us). bpftrace (count) keeps a count in the kernel (its records: that count): no handler. Drops: \
          ring-buffer reservations that failed; bpftrace's \"Lost N events\".)"
     );
-    Ok(())
 }
 
 /// Clean exits are filtered in the kernel: with and without the daemon, interleaved.
