@@ -40,8 +40,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Overhead, latency and drop benchmarks; numbers are printed, not asserted.
-    Bench,
+    /// Overhead, latency and drop benchmarks next to peers (a C libbpf reader, bpftrace), the
+    /// scaling curve, then restarts on real systemd; numbers are printed, not asserted.
+    Bench {
+        /// Only this part (both when omitted).
+        #[arg(value_enum)]
+        part: Option<BenchPart>,
+    },
     /// The Debian package (cargo-deb): binary, unit, default configuration, state directory.
     Package,
     /// Runs each cargo-fuzz target (record decoder, configuration, journal rules) for a while.
@@ -50,6 +55,15 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
+}
+
+/// A part of `cargo xtask bench`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    /// Peers, overhead, latency, memory and the scaling curve (about 3 minutes).
+    Kernel,
+    /// Restarts, workers and load on real systemd in a systemd-nspawn machine.
+    Restart,
 }
 
 /// The workspace root (xtask's parent directory).
@@ -182,11 +196,16 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Package => package::deb().map(drop),
         Cmd::Fuzz { seconds } => fuzz::all(seconds),
-        Cmd::Bench => {
+        Cmd::Bench { part } => {
             require_root("the benchmarks")?;
             setup::host_for_tests()?;
             let daemon = build_daemon()?;
-            bench::all(&daemon)?;
+            if part != Some(BenchPart::Restart) {
+                bench::kernel(&daemon)?;
+            }
+            if part == Some(BenchPart::Kernel) {
+                return Ok(());
+            }
             setup::test_packages()?;
             setup::python_apps(&setup::machine_root()?)?;
             bench::restart(&daemon, &setup::machine_root()?)

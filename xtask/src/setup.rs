@@ -155,6 +155,19 @@ pub(crate) fn test_packages() -> Result<()> {
     apt_install("for the tests", &TEST_PACKAGES)
 }
 
+/// Debian packages the benchmark's peers need: bpftrace itself, and clang with libbpf-dev to
+/// build the C ring-buffer reader (`xtask/peers`).
+const BENCH_PACKAGES: [(&str, &str); 3] = [
+    ("bpftrace", "/usr/bin/bpftrace"),
+    ("clang", "/usr/bin/clang"),
+    ("libbpf-dev", "/usr/include/bpf/libbpf.h"),
+];
+
+/// Installs the Debian packages the benchmark's peers need, if any is missing.
+pub(crate) fn bench_packages() -> Result<()> {
+    apt_install("for the benchmark's peers", &BENCH_PACKAGES)
+}
+
 /// Debian's newest 6.1 cloud kernel, downloaded and unpacked once under `target/kernels`;
 /// returns the path of its `vmlinuz`.
 pub(crate) fn kernel_6_1() -> Result<PathBuf> {

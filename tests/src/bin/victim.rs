@@ -9,19 +9,96 @@
 //!   alone with 7 (no `exit_group`);
 //! - `alloc`: allocates and touches memory until something stops it (run it in a memory cgroup);
 //! - `storm N [CODE]`: forks N children that each `_exit(CODE)` (default 1) at once, reaping them
-//!   a thousand at a time, and prints their pids.
+//!   a thousand at a time, and prints their pids;
+//! - `pace RATE SECONDS [CODE]`: for SECONDS, forks children that each `_exit(CODE)` (default 1)
+//!   at RATE forks/s (0: as fast as it can), and prints how many it forked. The schedule is by
+//!   deadline (the Nth fork is due at N / RATE s), so a late sleep is caught up, not lost.
 
 #![expect(
     unused_crate_dependencies,
     reason = "each target of the tests package uses a part of its dependencies"
 )]
 
-use std::{thread, time::Duration};
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
 
 fn exit_thread(code: i32) -> ! {
     // SAFETY: SYS_exit ends only the calling thread; nothing runs after it.
     unsafe { libc::syscall(libc::SYS_exit, code) };
     unreachable!("SYS_exit returned")
+}
+
+/// Reaps every child that has already exited, checking its status; returns how many.
+fn reap_ready(code: i32) -> usize {
+    let mut reaped = 0;
+    loop {
+        let mut status = 0;
+        // SAFETY: waiting for our own children, without blocking.
+        let pid = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return reaped;
+        }
+        assert_eq!(status, code << 8, "child {pid}");
+        reaped += 1;
+    }
+}
+
+/// `pace RATE SECONDS CODE`: forks on a deadline schedule; returns how many children it forked.
+fn pace(rate: u32, seconds: f64, code: i32) -> u64 {
+    // Unreaped children hold pids (pid_max can be as low as 32768): past this many, wait.
+    const MAX_LIVE: usize = 1000;
+    let duration = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let (mut forked, mut live) = (0u64, 0usize);
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        if rate > 0 {
+            let due = (elapsed.as_secs_f64() * f64::from(rate)) as u64;
+            if forked >= due {
+                live -= reap_ready(code);
+                // The next fork's deadline; a sleep that overshoots is made up by the forks
+                // that are then already due.
+                let next = Duration::from_secs_f64((forked + 1) as f64 / f64::from(rate));
+                if let Some(wait) = next.checked_sub(start.elapsed()) {
+                    thread::sleep(wait.min(duration.saturating_sub(elapsed)));
+                }
+                continue;
+            }
+        }
+        // SAFETY: this helper is single-threaded; the child only calls _exit.
+        match unsafe { libc::fork() } {
+            // SAFETY: _exit is async-signal-safe.
+            0 => unsafe { libc::_exit(code) },
+            -1 => panic!("fork failed: {}", std::io::Error::last_os_error()),
+            _ => {
+                forked += 1;
+                live += 1;
+            }
+        }
+        if live >= MAX_LIVE {
+            live -= reap_ready(code);
+            while live >= MAX_LIVE {
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                let pid = unsafe { libc::waitpid(-1, &raw mut status, 0) };
+                assert_eq!(status, code << 8, "child {pid}");
+                live -= 1;
+            }
+        }
+    }
+    while live > 0 {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let pid = unsafe { libc::waitpid(-1, &raw mut status, 0) };
+        assert_eq!(status, code << 8, "child {pid}");
+        live -= 1;
+    }
+    forked
 }
 
 fn main() {
@@ -80,6 +157,17 @@ fn main() {
             }
             let out: Vec<String> = pids.iter().map(ToString::to_string).collect();
             println!("{}", out.join("\n"));
+        }
+        Some("pace") => {
+            let rate: u32 = args.get(2).and_then(|n| n.parse().ok()).expect("pace RATE");
+            let seconds: f64 = args
+                .get(3)
+                .and_then(|n| n.parse().ok())
+                .expect("pace RATE SECONDS");
+            let code: i32 = args
+                .get(4)
+                .map_or(1, |c| c.parse().expect("pace RATE SECONDS CODE"));
+            println!("{}", pace(rate, seconds, code));
         }
         other => {
             eprintln!("victim: unknown mode {other:?}");

@@ -1,0 +1,166 @@
+//! The peers detector is measured against in every bench run: bpftrace (Debian's package) and a
+//! plain C libbpf ring-buffer reader (`xtask/peers/`), built here with Debian's clang and
+//! libbpf-dev. What is missing is installed; what still cannot run is named, not fatal.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Finds or installs bpftrace, builds the C reader, and says why either is unavailable.
+pub(super) fn tools(daemon: &Path) -> Tools {
+    let installed = crate::setup::bench_packages().map_err(|e| format!("{e:#}"));
+    let bpftrace = installed.clone().and_then(|()| {
+        let bin = PathBuf::from("/usr/bin/bpftrace");
+        if bin.exists() {
+            Ok(bin)
+        } else {
+            Err("/usr/bin/bpftrace is missing".to_owned())
+        }
+    });
+    let c_reader = installed.and_then(|()| build_c_reader().map_err(|e| format!("{e:#}")));
+    Tools {
+        daemon: daemon.to_owned(),
+        c_reader,
+        bpftrace,
+    }
+}
+
+/// Compiles `xtask/peers/exit_ringbuf.bpf.c` (BPF object) and `exit_reader.c` (its loader and
+/// reader) into `target/bench/peers`; returns (reader, object).
+fn build_c_reader() -> Result<(PathBuf, PathBuf)> {
+    let src = crate::root().join("xtask/peers");
+    let out = crate::root().join("target/bench/peers");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let multiarch = Command::new("clang")
+        .arg("-print-multiarch")
+        .output()
+        .context("running clang")?;
+    if !multiarch.status.success() {
+        bail!("clang -print-multiarch failed");
+    }
+    let multiarch = String::from_utf8_lossy(&multiarch.stdout).trim().to_owned();
+    let object = out.join("exit_ringbuf.bpf.o");
+    // The BPF target has no multiarch include directory of its own: <asm/types.h> is the
+    // host's. -g keeps the BTF that libbpf needs for the CO-RE relocations.
+    crate::run(
+        Command::new("clang")
+            .args(["-O2", "-g", "-Wall", "-target", "bpf"])
+            .arg(format!("-I/usr/include/{multiarch}"))
+            .arg("-c")
+            .arg(src.join("exit_ringbuf.bpf.c"))
+            .arg("-o")
+            .arg(&object),
+    )?;
+    let reader = out.join("exit-reader");
+    crate::run(
+        Command::new("clang")
+            .args(["-O2", "-Wall", "-Wextra"])
+            .arg(src.join("exit_reader.c"))
+            .arg("-o")
+            .arg(&reader)
+            .arg("-lbpf"),
+    )?;
+    Ok((reader, object))
+}
+
+/// The readers every bench run compares.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Peer {
+    /// `xtask/peers/exit_reader.c`: libbpf's `ring_buffer__poll` on a ring buffer fed by a
+    /// `tp_btf/sched_process_exit` program that keeps failing exits only.
+    CReader,
+    /// bpftrace counting failing exits in a map: no record leaves the kernel.
+    BpftraceCount,
+    /// bpftrace printing each failing exit's kernel time.
+    BpftracePrint,
+    /// The daemon, its records on stdout.
+    Detector,
+}
+
+impl Peer {
+    pub(super) const ALL: [Self; 4] = [
+        Self::CReader,
+        Self::BpftraceCount,
+        Self::BpftracePrint,
+        Self::Detector,
+    ];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::CReader => "C libbpf reader",
+            Self::BpftraceCount => "bpftrace (count)",
+            Self::BpftracePrint => "bpftrace (print)",
+            Self::Detector => "detector",
+        }
+    }
+
+    /// Whether each record reaches a handler in userspace, so that it has a latency.
+    pub(super) fn has_handler(self) -> bool {
+        self != Self::BpftraceCount
+    }
+
+    /// The line that says the reader is attached (and on which stream).
+    pub(super) fn ready_marker(self) -> (&'static str, bool) {
+        match self {
+            Self::CReader => ("ready", false),
+            // Printed by BEGIN, which bpftrace fires once every probe is attached.
+            Self::BpftraceCount | Self::BpftracePrint => ("ready", true),
+            Self::Detector => ("detector ready", false),
+        }
+    }
+}
+
+/// bpftrace's programs. `curtask` is the exiting task (the tracepoint runs in `do_exit()`, see
+/// kernel/exit.c), and its `exit_code` is set by then: the same failing exits detector and the
+/// C reader keep (the storm's children are single-threaded, so every exit ends a group).
+/// `nsecs` is `bpf_ktime_get_ns()`, CLOCK_MONOTONIC.
+pub(super) const BPFTRACE_COUNT: &str = r#"BEGIN { printf("ready\n"); }
+tracepoint:sched:sched_process_exit /curtask->exit_code != 0/ { @failing = count(); }"#;
+pub(super) const BPFTRACE_PRINT: &str = r#"BEGIN { printf("ready\n"); }
+tracepoint:sched:sched_process_exit /curtask->exit_code != 0/ { printf("%llu\n", nsecs); }"#;
+
+/// How to start each reader, or why it cannot run here.
+pub(super) struct Tools {
+    pub(super) daemon: PathBuf,
+    /// The reader's binary and its BPF object.
+    pub(super) c_reader: Result<(PathBuf, PathBuf), String>,
+    pub(super) bpftrace: Result<PathBuf, String>,
+}
+
+impl Tools {
+    pub(super) fn command(&self, peer: Peer) -> Result<Command, String> {
+        Ok(match peer {
+            Peer::CReader => {
+                let (bin, object) = self.c_reader.as_ref().map_err(Clone::clone)?;
+                let mut cmd = Command::new(bin);
+                cmd.arg(object);
+                cmd
+            }
+            Peer::BpftraceCount | Peer::BpftracePrint => {
+                let bin = self.bpftrace.as_ref().map_err(Clone::clone)?;
+                let mut cmd = Command::new(bin);
+                // Line-buffered: the latency is taken when the line arrives here.
+                cmd.args(["-B", "line", "-e"])
+                    .arg(if peer == Peer::BpftraceCount {
+                        BPFTRACE_COUNT
+                    } else {
+                        BPFTRACE_PRINT
+                    });
+                cmd
+            }
+            Peer::Detector => {
+                let mut cmd = Command::new(&self.daemon);
+                cmd.arg("run");
+                cmd
+            }
+        })
+    }
+
+    /// Why `peer` cannot run on this machine, if it cannot.
+    pub(super) fn unavailable(&self, peer: Peer) -> Option<String> {
+        self.command(peer).err()
+    }
+}
