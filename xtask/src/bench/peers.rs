@@ -153,7 +153,9 @@ impl Tools {
             }
             Peer::Detector => {
                 let mut cmd = Command::new(&self.daemon);
-                cmd.arg("run");
+                // JSON lines only, as the peers print theirs: this host has no journald to
+                // write to (the default `auto` would also try it for every record).
+                cmd.args(["run", "--output", "json"]);
                 cmd
             }
         })

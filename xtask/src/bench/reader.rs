@@ -102,6 +102,24 @@ fn lost_field(line: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// Detector's stdout read as a log shipper reads it: whatever is there, then a pause. Read line
+/// by line instead, this harness would wake for every record the daemon writes, and that wakeup
+/// (some 15 µs of CPU on a small VM) would be charged to the daemon's throughput. The pause
+/// does not touch its latencies, stamped in the daemon as each record is handled. bpftrace's
+/// are taken here as its line is read, so its stdout is read at once, line by line: its print
+/// probe pays that wakeup; the C reader prints nothing until it stops.
+struct Paced<R>(R);
+
+impl<R: Read> Read for Paced<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        if n > 0 {
+            thread::sleep(Duration::from_millis(2));
+        }
+        Ok(n)
+    }
+}
+
 impl Reader {
     pub(super) fn start(tools: &Tools, peer: Peer) -> Result<Self> {
         let mut cmd = tools.command(peer).map_err(anyhow::Error::msg)?;
@@ -115,16 +133,31 @@ impl Reader {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (marker, on_stdout) = peer.ready_marker();
         let stdout = child.stdout.take().context("reader stdout")?;
+        // Room for some 1,500 records between two reads (see `Paced`); a full pipe would make
+        // the reader wait on this harness instead.
+        if let Err(e) = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20)) {
+            eprintln!("xtask: cannot enlarge the pipe from {}: {e}", peer.name());
+        }
         let stderr = child.stderr.take().context("reader stderr")?;
         let mut threads = Vec::new();
         for (stream, is_stdout) in [
-            (Box::new(stdout) as Box<dyn Read + Send>, true),
+            (
+                if peer == Peer::Detector {
+                    Box::new(Paced(stdout)) as Box<dyn Read + Send>
+                } else {
+                    Box::new(stdout)
+                },
+                true,
+            ),
             (Box::new(stderr), false),
         ] {
             let (latencies, lines, ready_tx) =
                 (Arc::clone(&latencies), Arc::clone(&lines), ready_tx.clone());
             threads.push(thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                for line in BufReader::with_capacity(1 << 20, stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
                     if is_stdout && let Some(ns) = latency_ns(peer, &line) {
                         if let Ok(mut l) = latencies.lock() {
                             l.push(ns);
