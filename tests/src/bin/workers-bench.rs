@@ -169,14 +169,17 @@ fn main() {
         thread::sleep(Duration::from_secs(2));
     }
     let (records, _) = daemon.stop();
-    let detected: Vec<f64> = records
+    // Each hang against the first `unhealthy` incident begun after it: an incident of the
+    // crash phase above (a restart the check caught still starting) must not pair with a hang.
+    let begun: Vec<i64> = records
         .iter()
         .filter(|r| r["kind"] == "incident" && r["cause"] == "unhealthy")
-        .zip(&hangs)
-        .filter_map(|(incident, hung)| {
-            let at = incident["timeline"][0]["at"]
-                .as_str()
-                .and_then(rfc3339_us)?;
+        .filter_map(|r| r["timeline"][0]["at"].as_str().and_then(rfc3339_us))
+        .collect();
+    let detected: Vec<f64> = hangs
+        .iter()
+        .filter_map(|&hung| {
+            let at = begun.iter().copied().filter(|&at| at >= hung).min()?;
             Some((at - hung) as f64 / 1000.0)
         })
         .collect();
