@@ -149,3 +149,24 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         .build()?
         .block_on(daemon::run(options))
 }
+
+#[cfg(test)]
+mod tests {
+    use detector_common::{DeathEvent, Wakeup};
+
+    use super::wakeup;
+
+    #[test]
+    fn wakeup_batches_are_records_and_never_more_than_a_quarter_of_the_ring() {
+        let slot = size_of::<DeathEvent>() as u64 + 8;
+        assert_eq!(
+            wakeup(1 << 20, 20, 32),
+            Wakeup {
+                batch_bytes: 32 * slot,
+                dense_ns: 20_000,
+            }
+        );
+        // A small ring: the batch would not fit before the ring filled.
+        assert_eq!(wakeup(4096, 0, 32).batch_bytes, 1024);
+    }
+}
