@@ -69,9 +69,14 @@ mod tests {
             let mut fields = line.split_whitespace();
             let first = fields.next().unwrap_or_default();
             if first.contains('-') && !first.ends_with(':') {
-                ours = fields.nth(4).is_some_and(|p| std::path::Path::new(p) == exe);
+                ours = fields
+                    .nth(4)
+                    .is_some_and(|p| std::path::Path::new(p) == exe);
             } else if first == "Rss:" && ours {
-                total += fields.next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                total += fields
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
             }
         }
         total
@@ -84,7 +89,10 @@ mod tests {
         let before = exe_resident_kb();
         super::release_startup();
         let after = exe_resident_kb();
-        assert!(after < before, "{before} kB resident before, {after} kB after");
+        assert!(
+            after < before,
+            "{before} kB resident before, {after} kB after"
+        );
         // Formatting goes through vtables in relocated read-only data.
         let text = format!("{:?}", vec![Some("still"), None]);
         assert_eq!(text, r#"[Some("still"), None]"#);
