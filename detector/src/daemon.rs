@@ -269,9 +269,12 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     for note in &hooks.degraded {
         tracing::warn!("{note}");
     }
-    // The one thread started before: the journal writer, whose relay enters a machine's pid
-    // namespace; it drops its own capabilities once the relay runs.
+    // The two threads started before: the journal writer, whose relay enters a machine's pid
+    // namespace, and the health checks' one in its network namespace; each drops its own
+    // capabilities once inside.
     let journal_sink = Sinks::journal(options.output, (&options.root, manager_pid));
+    // Likewise the thread that makes health checks' sockets in the machine's network namespace.
+    let dialer = recovery::netns::Dialer::start(manager_pid);
     // Before any other thread starts (capabilities are per thread, and inherited).
     let kept = privileges::drop_all_but_kept()?;
     tracing::info!(kept = ?kept, "dropped every other capability");
@@ -293,7 +296,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         netns_pid: manager_pid.unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
     });
     let bus = recovery::check_units(&options.root, &options.config).await;
-    let recovery = Recovery::new(options.root.clone(), live, bus);
+    let recovery = Recovery::new(options.root.clone(), live, bus, dialer);
     // The metrics, the history and the alert sinks are set up once, from the configuration at
     // start: a reload does not change them (see README, "Reloading").
     let (metrics, history) = measures(&config, &recovery);

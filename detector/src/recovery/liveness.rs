@@ -24,6 +24,14 @@ use crate::{
 /// are not known in advance).
 pub(crate) fn spawn(recovery: &Arc<Recovery>, incidents: &UnboundedSender<Notice>) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
+    // Checks that cannot reach the machine's network say nothing of its units: killing them for
+    // it would be detector's failure passed on.
+    if let Some(error) = recovery.dialer().unreachable() {
+        if recovery.config().units.iter().any(|p| p.liveness.is_some()) {
+            tracing::error!("{error}; liveness checks are off");
+        }
+        return tasks;
+    }
     for policy in &recovery.config().units {
         if policy.liveness.is_some() && policy.health.is_some() && !policy.name.contains("@.") {
             tasks.spawn(watch(
@@ -71,7 +79,7 @@ async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: Unbounded
             failed = 0;
             continue;
         };
-        let checked = health::check(recovery.http(&check), &check, check.timeout).await;
+        let checked = health::check(recovery.dialer(), &check, check.timeout).await;
         recovery.note_health(unit, checked.is_ok());
         let Err(last) = checked else {
             failed = 0;

@@ -15,6 +15,7 @@
 mod dispatch;
 pub(crate) mod health;
 mod liveness;
+pub(crate) mod netns;
 pub(crate) mod policy;
 mod restart;
 mod settle;
@@ -68,10 +69,8 @@ pub(crate) struct Recovery {
     config: Arc<Live>,
     bus: tokio::sync::Mutex<Option<Arc<Systemd>>>,
     units: Mutex<HashMap<String, tracks::Track>>,
-    /// Made at the first health check: a daemon without any costs no memory for it. Two: one
-    /// that follows redirects, for the checks whose configuration asks.
-    http: std::sync::OnceLock<reqwest::Client>,
-    http_following: std::sync::OnceLock<reqwest::Client>,
+    /// Where health checks connect from: the watched systemd's network namespace.
+    dialer: netns::Dialer,
     health: HealthBoard,
 }
 
@@ -100,14 +99,18 @@ pub(crate) struct DiedAgain;
 
 impl Recovery {
     #[must_use]
-    pub(crate) fn new(root: PathBuf, config: Arc<Live>, bus: Option<Systemd>) -> Self {
+    pub(crate) fn new(
+        root: PathBuf,
+        config: Arc<Live>,
+        bus: Option<Systemd>,
+        dialer: netns::Dialer,
+    ) -> Self {
         Self {
             root,
             config,
             bus: tokio::sync::Mutex::new(bus.map(Arc::new)),
             units: Mutex::new(HashMap::new()),
-            http: std::sync::OnceLock::new(),
-            http_following: std::sync::OnceLock::new(),
+            dialer,
             health: HealthBoard::default(),
         }
     }
@@ -160,14 +163,9 @@ impl Recovery {
         self.bus.lock().await.take();
     }
 
-    /// The health-check client for `check`, made at its first use.
-    pub(crate) fn http(&self, check: &crate::config::Health) -> &reqwest::Client {
-        let (cell, follow) = if check.follow_redirects {
-            (&self.http_following, true)
-        } else {
-            (&self.http, false)
-        };
-        cell.get_or_init(|| health::client(follow))
+    /// Where health checks connect from.
+    pub(crate) fn dialer(&self) -> &netns::Dialer {
+        &self.dialer
     }
 
     /// Carries out `policy` for a failure of `unit`'s run `old`, writing steps into `progress`.
