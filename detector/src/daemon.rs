@@ -13,13 +13,13 @@ use sd_notify::NotifyState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
-    sync::mpsc::UnboundedReceiver,
+    sync::mpsc::Receiver,
 };
 
 use crate::{
     config::{Config, Live},
     death::correlate::correlate,
-    incident::Notice,
+    incident::{Notice, Outbox, outbox},
     journal,
     kernel::{
         clock::{self, Clock},
@@ -182,7 +182,7 @@ impl Pipeline {
 
     /// After the last drain: the incidents still open go out, the sinks send what they hold,
     /// and the totals are logged.
-    async fn stop(mut self, mut counters: Counters, incidents: &mut UnboundedReceiver<Notice>) {
+    async fn stop(mut self, mut counters: Counters, incidents: &mut Receiver<Notice>) {
         for notice in self.dispatcher.finish(incidents).await {
             self.sinks.notice(&notice);
         }
@@ -191,6 +191,8 @@ impl Pipeline {
             self.sinks.lost(&lost);
         }
         self.sinks.finish().await;
+        let coalesced = self.dispatcher.coalesced();
+        let notices = self.dispatcher.outbox().dropped();
         tracing::info!(
             emitted = totals.emitted,
             received = self.received,
@@ -198,6 +200,10 @@ impl Pipeline {
             read_failures = totals.read_failures,
             map_failures = totals.map_failures,
             undecodable = self.undecodable,
+            coalesced_folded = coalesced.folded,
+            coalesced_unopened = coalesced.unopened,
+            notices_folded = notices.opened,
+            notices_lost = notices.resolved,
             "detector stopped"
         );
     }
@@ -238,7 +244,7 @@ struct Started {
     pipeline: Pipeline,
     ring: AsyncFd<Ring>,
     counters: Counters,
-    incidents: UnboundedReceiver<Notice>,
+    incidents: Receiver<Notice>,
     /// The `/metrics` server, when the configuration asks for one.
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -282,7 +288,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     // owns the `Ring`) is dropped.
     let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let (incidents_tx, incidents) = tokio::sync::mpsc::unbounded_channel();
+    let (incidents_tx, incidents) = Outbox::new(outbox::CAPACITY);
     let live = Arc::new(Live::new(options.config.clone()));
     let config = live.get();
     let journal = journal::spawn(&journal::Options {
@@ -418,6 +424,10 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                     pipeline.sinks.flush();
                 }
                 pipeline.sinks.metrics().kernel(counters.totals(), pipeline.undecodable);
+                pipeline.sinks.metrics().pressure(
+                    pipeline.dispatcher.coalesced(),
+                    pipeline.dispatcher.outbox().dropped(),
+                );
                 if pipeline.overlap.as_ref().is_some_and(|o| !o.open(clock::monotonic_ns())) {
                     pipeline.overlap = None;
                 }

@@ -182,6 +182,12 @@ impl Daemon {
         self.with(|s| s.records.iter().find(|r| pred(r)).cloned().expect("seen"))
     }
 
+    /// How many records matching `pred` were seen so far (no waiting).
+    #[must_use]
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.with(|s| s.records.iter().filter(|r| pred(r)).count())
+    }
+
     /// Waits until `n` records matching `pred` were seen.
     pub fn wait_for_count(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) {
         self.wait_until(what, |s| s.records.iter().filter(|r| pred(r)).count() >= n);

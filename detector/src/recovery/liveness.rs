@@ -11,18 +11,18 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{sync::mpsc::UnboundedSender, task::JoinSet};
+use tokio::task::JoinSet;
 
 use super::{Failure, Kind, Recovery, health};
 use crate::{
     config::UnitPolicy,
-    incident::{Incident, Notice, Progress},
+    incident::{Incident, Outbox, Progress},
     kernel::clock::{self, Clock},
 };
 
 /// Starts one liveness task per unit that asks for one (templates are skipped: their instances
 /// are not known in advance).
-pub(crate) fn spawn(recovery: &Arc<Recovery>, incidents: &UnboundedSender<Notice>) -> JoinSet<()> {
+pub(crate) fn spawn(recovery: &Arc<Recovery>, incidents: &Outbox) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     // Checks that cannot reach the machine's network say nothing of its units: killing them for
     // it would be detector's failure passed on.
@@ -45,7 +45,7 @@ pub(crate) fn spawn(recovery: &Arc<Recovery>, incidents: &UnboundedSender<Notice
 }
 
 /// Polls one unit for as long as the daemon runs.
-async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: UnboundedSender<Notice>) {
+async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: Outbox) {
     let (Some(liveness), Some(check)) = (policy.liveness, policy.health.clone()) else {
         return;
     };
@@ -109,7 +109,7 @@ async fn unhealthy(
     recovery: &Recovery,
     policy: &UnitPolicy,
     invocation: Option<String>,
-    incidents: &UnboundedSender<Notice>,
+    incidents: &Outbox,
     url: &url::Url,
     every: Duration,
     last: &str,

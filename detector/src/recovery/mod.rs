@@ -36,7 +36,7 @@ use tokio::{
     time::Instant,
 };
 
-pub(crate) use self::dispatch::{Dispatcher, check_units};
+pub(crate) use self::dispatch::{Coalesced, Dispatcher, check_units};
 use self::{
     policy::Plan,
     restart::give_up,

@@ -15,10 +15,7 @@
 use std::{collections::HashMap, num::NonZeroUsize, path::Path, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
-use tokio::{
-    sync::{mpsc::UnboundedSender, oneshot},
-    task::JoinSet,
-};
+use tokio::{sync::oneshot, task::JoinSet};
 use zbus::OwnedVariant as OwnedValue;
 
 use super::{
@@ -26,7 +23,7 @@ use super::{
     systemd::{Systemd, hex},
 };
 use crate::{
-    incident::{Incident, Notice, Progress},
+    incident::{Incident, Outbox, Progress},
     journal::{self, Account},
     kernel::clock::{self, Clock},
 };
@@ -44,7 +41,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     recovery: &Arc<Recovery>,
-    incidents: &UnboundedSender<Notice>,
+    incidents: &Outbox,
     journal: &journal::Readers,
 ) -> Option<oneshot::Receiver<()>> {
     if recovery.config().units.is_empty() {
@@ -93,7 +90,7 @@ fn string(value: Option<&OwnedValue>) -> Option<String> {
 /// Follows the bus for as long as the daemon runs, connecting again when it goes.
 async fn watch(
     recovery: Arc<Recovery>,
-    incidents: UnboundedSender<Notice>,
+    incidents: Outbox,
     journal: journal::Readers,
     ready: oneshot::Sender<()>,
 ) {
@@ -119,7 +116,7 @@ async fn watch(
 /// The watcher's state across reconnections.
 struct Watcher {
     recovery: Arc<Recovery>,
-    incidents: UnboundedSender<Notice>,
+    incidents: Outbox,
     journal: journal::Readers,
     /// The last failed run handled per unit: `failed` and then `auto-restart` of one run are
     /// one failure.

@@ -139,6 +139,21 @@ impl Recovery {
         })
     }
 
+    /// The newest open incident of `unit` (one owning a run, else its worker incident): where a
+    /// death that may not open its own is counted.
+    pub(crate) fn newest_open(&self, unit: &str) -> Option<Arc<Progress>> {
+        self.with_track(unit, |track| {
+            track.owned.retain(|(_, p)| p.is_open());
+            track.owned.last().map(|(_, p)| Arc::clone(p)).or_else(|| {
+                track
+                    .group
+                    .as_ref()
+                    .filter(|g| g.is_open())
+                    .map(|g| Arc::clone(&g.progress))
+            })
+        })
+    }
+
     /// Whether an incident of `unit` is open (a recovery, or a burst of worker deaths).
     pub(crate) fn busy(&self, unit: &str) -> bool {
         self.with_track(unit, Track::busy)
