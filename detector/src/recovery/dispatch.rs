@@ -10,7 +10,7 @@ use tokio::{
     task::{JoinError, JoinSet},
 };
 
-use super::{Recovery, systemd::Systemd, workers};
+use super::{Coalesced, Recovery, systemd::Systemd, workers};
 use crate::{
     config::{Config, UnitPolicy},
     death::record::ExitRecord,
@@ -21,21 +21,6 @@ use crate::{
 /// Most incidents open at once (each a task until it is written). Well below the notices'
 /// [`crate::incident::outbox::CAPACITY`]: each open incident holds a slot there for its end.
 const MAX_OPEN: usize = 1024;
-
-/// Deaths in services that opened no incident of their own because [`MAX_OPEN`] were open.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Coalesced {
-    /// Counted in their unit's newest open incident (its `deaths`).
-    pub folded: u64,
-    /// In a unit with no incident open: only their records tell them.
-    pub unopened: u64,
-}
-
-impl Coalesced {
-    fn total(self) -> u64 {
-        self.folded + self.unopened
-    }
-}
 
 /// At shutdown, how long incidents still being written may take to finish (about one journal
 /// wait); after that they go out as they are, marked `interrupted`.
@@ -49,8 +34,6 @@ pub(crate) struct Dispatcher {
     recovery: Arc<Recovery>,
     /// One task per death in a service, until its incident is written; at most [`MAX_OPEN`].
     tasks: JoinSet<()>,
-    /// Deaths that opened no incident because [`MAX_OPEN`] were open.
-    coalesced: Coalesced,
     /// Tasks that live as long as the daemon: one liveness task per unit that asks for it, and
     /// the watcher of systemd's unit states.
     watchers: JoinSet<()>,
@@ -76,7 +59,6 @@ impl Dispatcher {
             journal,
             recovery,
             tasks: JoinSet::new(),
-            coalesced: Coalesced::default(),
             watchers,
             following,
             manager_pid,
@@ -145,23 +127,8 @@ impl Dispatcher {
         // opens no incident of its own until the open ones drain. It is counted in its unit's
         // newest open incident if there is one, and in `coalesced` either way; said.
         if self.tasks.len() >= MAX_OPEN {
-            if let Some(open) = self.recovery.newest_open(&unit) {
-                open.with(|i| i.add_death(record));
-                self.coalesced.folded += 1;
-            } else {
-                self.coalesced.unopened += 1;
-            }
-            let total = self.coalesced.total();
-            if total == 1 || total.is_multiple_of(1000) {
-                tracing::warn!(
-                    folded = self.coalesced.folded,
-                    unopened = self.coalesced.unopened,
-                    open = self.tasks.len(),
-                    unit,
-                    "too many incidents open at once; deaths past the bound open none of their \
-                     own (folded into their unit's open incident, or only in their record)"
-                );
-            }
+            self.recovery
+                .coalesce(&unit, Some(record), "incidents open at once");
             return false;
         }
         match record.role {
@@ -272,10 +239,10 @@ impl Dispatcher {
         }
     }
 
-    /// Deaths that opened no incident of their own, since the start.
+    /// Failures that opened no incident of their own, since the start.
     #[must_use]
     pub(crate) fn coalesced(&self) -> Coalesced {
-        self.coalesced
+        self.recovery.coalesced()
     }
 
     /// The notices' channel, for what it dropped.
@@ -332,7 +299,7 @@ impl Dispatcher {
 /// A finished task's end: a panic is an error in the log (its incident still goes out, from the
 /// `Progress` it dropped); one aborted on purpose (a worker incident taken over, the shutdown) is
 /// not.
-fn report(done: Result<(), JoinError>, what: &str) {
+pub(super) fn report(done: Result<(), JoinError>, what: &str) {
     match done {
         Ok(()) => {}
         Err(e) if e.is_cancelled() => tracing::debug!("{what} was cancelled"),

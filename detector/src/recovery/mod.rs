@@ -36,7 +36,7 @@ use tokio::{
     time::Instant,
 };
 
-pub(crate) use self::dispatch::{Coalesced, Dispatcher, check_units};
+pub(crate) use self::dispatch::{Dispatcher, check_units};
 use self::{
     policy::Plan,
     restart::give_up,
@@ -63,6 +63,16 @@ pub(crate) const WATCH_MARGIN: Duration = Duration::from_secs(30);
 /// the checks after a restart. Shared with whoever reports it (the metrics).
 pub(crate) type HealthBoard = Arc<Mutex<BTreeMap<String, bool>>>;
 
+/// Failures that opened no incident of their own because a bound was reached (the open
+/// incidents, the unit-state watcher's runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Coalesced {
+    /// Counted in their unit's newest open incident (a death: in its `deaths`).
+    pub folded: u64,
+    /// In a unit with no incident open: only their records tell them.
+    pub unopened: u64,
+}
+
 /// The recovery side of the daemon, shared by the tasks handling deaths.
 pub(crate) struct Recovery {
     root: PathBuf,
@@ -72,6 +82,7 @@ pub(crate) struct Recovery {
     /// Where health checks connect from: the watched systemd's network namespace.
     dialer: netns::Dialer,
     health: HealthBoard,
+    coalesced: Mutex<Coalesced>,
 }
 
 /// How a unit failed, for what recovering it takes.
@@ -112,6 +123,7 @@ impl Recovery {
             units: Mutex::new(HashMap::new()),
             dialer,
             health: HealthBoard::default(),
+            coalesced: Mutex::default(),
         }
     }
 

@@ -15,7 +15,10 @@
 use std::{collections::HashMap, num::NonZeroUsize, path::Path, sync::Arc, time::Duration};
 
 use futures_util::StreamExt as _;
-use tokio::{sync::oneshot, task::JoinSet};
+use tokio::{
+    sync::{Semaphore, oneshot},
+    task::JoinSet,
+};
 use zbus::OwnedVariant as OwnedValue;
 
 use super::{
@@ -100,6 +103,7 @@ async fn watch(
         journal,
         handled: HashMap::new(),
         ready: Some(ready),
+        runs: Arc::new(Semaphore::new(MAX_RUNS)),
     };
     let mut last_error = String::new();
     loop {
@@ -123,7 +127,13 @@ struct Watcher {
     handled: HashMap<String, Option<String>>,
     /// Fired once, when the signals are first followed.
     ready: Option<oneshot::Sender<()>>,
+    /// A slot per failed run being looked at, each in a task; at most [`MAX_RUNS`].
+    runs: Arc<Semaphore>,
 }
+
+/// Most failed runs looked at at once (each waits [`SETTLE`], then usually finds a death's
+/// incident covers it). Past it, a failed run opens no incident of its own: counted.
+const MAX_RUNS: usize = 256;
 
 impl Watcher {
     async fn follow(&mut self) -> Result<(), String> {
@@ -232,16 +242,26 @@ impl Watcher {
     }
 
     /// Opens an incident for `unit`'s failed run `invocation` (in a task of its own, so that the
-    /// signals are never left unread), unless one of its deaths did.
+    /// signals are never left unread), unless one of its deaths did; at most [`MAX_RUNS`] at
+    /// once, a panic logged.
     fn failed_run(&mut self, unit: String, invocation: Option<String>) {
         if self.handled.get(&unit) == Some(&invocation) {
             return;
         }
         self.handled.insert(unit.clone(), invocation.clone());
+        let Ok(slot) = Arc::clone(&self.runs).try_acquire_owned() else {
+            if !self.recovery.had_incident(&unit, invocation.as_deref()) {
+                self.recovery.coalesce(&unit, None, "failed runs at once");
+            }
+            return;
+        };
         let recovery = Arc::clone(&self.recovery);
         let incidents = self.incidents.clone();
         let journal = self.journal.clone();
-        tokio::spawn(async move {
+        // Not in the watchers' set: a reload starts the watcher again, and the runs it was looking
+        // at go on. How each ends is still reported.
+        let task = tokio::spawn(async move {
+            let _slot = slot;
             tokio::time::sleep(SETTLE).await;
             if recovery.had_incident(&unit, invocation.as_deref()) {
                 return;
@@ -260,6 +280,7 @@ impl Watcher {
             };
             recover(&recovery, &unit, invocation, &progress, account, &env_files).await;
         });
+        tokio::spawn(async move { super::dispatch::report(task.await, "a failed run's task") });
     }
 }
 

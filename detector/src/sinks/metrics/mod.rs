@@ -223,8 +223,8 @@ impl Metrics {
         }
         r.register(
             "incidents_coalesced",
-            "Deaths in services that opened no incident of their own, more being open than the \
-             bound (1024): folded into their unit's open incident, or unopened",
+            "Failures that opened no incident of their own, a bound being reached: folded into \
+             their unit's open incident, or unopened",
             self.coalesced.clone(),
         );
         r.register(
