@@ -452,7 +452,12 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     pipeline.drain(ring.get_mut());
     pipeline.stop(counters, &mut incidents).await;
     if let Some(server) = server {
-        server.abort();
+        // It serves until now; one that ended before failed (it never returns otherwise).
+        if !server.is_finished() {
+            server.abort();
+        } else if let Err(e) = server.await {
+            tracing::error!(error = %e, "the metrics endpoint's task failed");
+        }
     }
     drop(attached);
     Ok(())
