@@ -16,13 +16,13 @@ use sd_notify::NotifyState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
-    sync::mpsc::UnboundedReceiver,
+    sync::mpsc::Receiver,
 };
 
 use crate::{
     config::{Config, Live},
     death::correlate::correlate,
-    incident::Notice,
+    incident::{Notice, Outbox, outbox},
     journal,
     kernel::{
         clock::{self, Clock},
@@ -207,7 +207,7 @@ impl Pipeline {
 
     /// After the last drain: the incidents still open go out, the sinks send what they hold,
     /// and the totals are logged.
-    async fn stop(mut self, mut counters: Counters, incidents: &mut UnboundedReceiver<Notice>) {
+    async fn stop(mut self, mut counters: Counters, incidents: &mut Receiver<Notice>) {
         for notice in self.dispatcher.finish(incidents).await {
             self.sinks.notice(&notice);
         }
@@ -216,6 +216,8 @@ impl Pipeline {
             self.sinks.lost(&lost);
         }
         self.sinks.finish().await;
+        let coalesced = self.dispatcher.coalesced();
+        let notices = self.dispatcher.outbox().dropped();
         tracing::info!(
             emitted = totals.emitted,
             received = self.received,
@@ -224,6 +226,10 @@ impl Pipeline {
             map_failures = totals.map_failures,
             undecodable = self.undecodable,
             deferred = self.deferred_records,
+            coalesced_folded = coalesced.folded,
+            coalesced_unopened = coalesced.unopened,
+            notices_folded = notices.opened,
+            notices_lost = notices.resolved,
             "detector stopped"
         );
     }
@@ -264,7 +270,7 @@ struct Started {
     pipeline: Pipeline,
     ring: AsyncFd<Ring>,
     counters: Counters,
-    incidents: UnboundedReceiver<Notice>,
+    incidents: Receiver<Notice>,
     /// The `/metrics` server, when the configuration asks for one.
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -296,9 +302,12 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     for note in &hooks.degraded {
         tracing::warn!("{note}");
     }
-    // The one thread started before: the journal writer, whose relay enters a machine's pid
-    // namespace; it drops its own capabilities once the relay runs.
+    // The two threads started before: the journal writer, whose relay enters a machine's pid
+    // namespace, and the health checks' one in its network namespace; each drops its own
+    // capabilities once inside.
     let journal_sink = Sinks::journal(options.output, (&options.root, manager_pid));
+    // Likewise the thread that makes health checks' sockets in the machine's network namespace.
+    let dialer = recovery::netns::Dialer::start(manager_pid);
     // Before any other thread starts (capabilities are per thread, and inherited).
     let kept = privileges::drop_all_but_kept()?;
     tracing::info!(kept = ?kept, "dropped every other capability");
@@ -306,7 +315,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     // owns the `Ring`) is dropped.
     let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let (incidents_tx, incidents) = tokio::sync::mpsc::unbounded_channel();
+    let (incidents_tx, incidents) = Outbox::new(outbox::CAPACITY);
     let live = Arc::new(Live::new(options.config.clone()));
     let config = live.get();
     let journal = journal::spawn(&journal::Options {
@@ -320,7 +329,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         netns_pid: manager_pid.unwrap_or_else(|| i32::try_from(std::process::id()).unwrap_or(1)),
     });
     let bus = recovery::check_units(&options.root, &options.config).await;
-    let recovery = Recovery::new(options.root.clone(), live, bus);
+    let recovery = Recovery::new(options.root.clone(), live, bus, dialer);
     // The metrics, the history and the alert sinks are set up once, from the configuration at
     // start: a reload does not change them (see README, "Reloading").
     let (metrics, history) = measures(&config, &recovery);
@@ -462,6 +471,10 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                     pipeline.sinks.flush();
                 }
                 pipeline.sinks.metrics().kernel(counters.totals(), pipeline.undecodable);
+                pipeline.sinks.metrics().pressure(
+                    pipeline.dispatcher.coalesced(),
+                    pipeline.dispatcher.outbox().dropped(),
+                );
                 if pipeline.overlap.as_ref().is_some_and(|o| !o.open(clock::monotonic_ns())) {
                     pipeline.overlap = None;
                 }
@@ -486,7 +499,12 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     pipeline.drain_all(ring.get_mut(), false);
     pipeline.stop(counters, &mut incidents).await;
     if let Some(server) = server {
-        server.abort();
+        // It serves until now; one that ended before failed (it never returns otherwise).
+        if !server.is_finished() {
+            server.abort();
+        } else if let Err(e) = server.await {
+            tracing::error!(error = %e, "the metrics endpoint's task failed");
+        }
     }
     drop(attached);
     Ok(())

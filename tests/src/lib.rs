@@ -45,6 +45,8 @@ struct Seen {
     stderr: Vec<String>,
     ready: bool,
     closed: bool,
+    /// A last line without its newline: the daemon was killed while writing it.
+    cut: Option<String>,
 }
 
 /// A running `detector run`; stopped (SIGTERM) when dropped.
@@ -95,16 +97,29 @@ impl Daemon {
         let stderr = child.stderr.take().expect("piped stderr");
         let s = Arc::clone(&seen);
         thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("daemon wrote a non-JSON line {line:?}: {e}"));
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            let mut cut = None;
+            loop {
+                line.clear();
+                if !matches!(stdout.read_line(&mut line), Ok(1..)) {
+                    break;
+                }
+                // Only at the end: a SIGKILL while it was written. `stop` refuses one.
+                let Some(whole) = line.strip_suffix('\n') else {
+                    cut = Some(line.clone());
+                    break;
+                };
+                let value: Value = serde_json::from_str(whole)
+                    .unwrap_or_else(|e| panic!("daemon wrote a non-JSON line {whole:?}: {e}"));
                 let (lock, cv) = &*s;
                 lock.lock().expect("lock").records.push(value);
                 cv.notify_all();
             }
             let (lock, cv) = &*s;
-            lock.lock().expect("lock").closed = true;
+            let mut seen = lock.lock().expect("lock");
+            seen.closed = true;
+            seen.cut = cut;
             cv.notify_all();
         });
         let s = Arc::clone(&seen);
@@ -182,6 +197,12 @@ impl Daemon {
         self.with(|s| s.records.iter().find(|r| pred(r)).cloned().expect("seen"))
     }
 
+    /// How many records matching `pred` were seen so far (no waiting).
+    #[must_use]
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.with(|s| s.records.iter().filter(|r| pred(r)).count())
+    }
+
     /// Waits until `n` records matching `pred` were seen.
     pub fn wait_for_count(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) {
         self.wait_until(what, |s| s.records.iter().filter(|r| pred(r)).count() >= n);
@@ -206,11 +227,16 @@ impl Daemon {
         self.wait_until("the daemon's output to end", |s| {
             s.closed && s.stderr.iter().any(|l| l.contains("detector stopped"))
         });
+        let cut = self.with(|s| s.cut.clone());
+        assert!(
+            cut.is_none(),
+            "a stopped daemon's last line was cut short: {cut:?}"
+        );
         self.with(|s| (s.records.clone(), s.stderr.clone()))
     }
 
     /// Kills the daemon with SIGKILL, as a crash or the OOM killer would: no drain, no summary.
-    /// Returns every record it wrote before.
+    /// Returns every record it wrote before (a line it was writing when killed is no record).
     ///
     /// # Panics
     /// If it cannot be killed or its output does not end.

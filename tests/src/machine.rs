@@ -174,12 +174,23 @@ impl Machine {
     /// As [`Machine::boot`].
     #[must_use]
     pub fn boot_demo(units: &[(&str, &str)]) -> Self {
-        Self::boot_with(
+        Self::boot_demo_with_args(units, &[])
+    }
+
+    /// As [`Machine::boot_demo`], with more `systemd-nspawn` arguments (`--private-network`: a
+    /// network namespace of its own, with only its loopback).
+    ///
+    /// # Panics
+    /// As [`Machine::boot`].
+    #[must_use]
+    pub fn boot_demo_with_args(units: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::boot_with_args(
             units,
             &[(
                 concat!(env!("CARGO_MANIFEST_DIR"), "/demo/app.py"),
                 "/opt/demo/app.py",
             )],
+            args,
         )
     }
 
@@ -201,6 +212,12 @@ impl Machine {
     pub fn is_active(&self, unit: &str) -> String {
         let out = self.run(&["systemctl", "is-active", unit]);
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The machine's PID 1, in the host's pid namespace.
+    #[must_use]
+    pub fn leader(&self) -> u32 {
+        self.leader
     }
 
     /// The machine's files seen from the host, for `detector run --root`.

@@ -71,7 +71,7 @@ use self::{
 };
 pub(crate) use self::{
     duration::{MAX as MAX_DURATION, parse_duration},
-    unit::{CrashLoop, DEFAULT_JOURNAL_LINES, Health, RestartMode, UnitPolicy},
+    unit::{CrashLoop, DEFAULT_JOURNAL_LINES, Health, RestartMode, UnitPolicy, host_allowed},
 };
 
 /// A checked configuration.

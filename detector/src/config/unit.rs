@@ -25,10 +25,27 @@ pub(crate) struct Health {
     pub url: url::Url,
     /// Follow HTTP redirects (off unless the configuration asks: a redirect may lead anywhere).
     pub follow_redirects: bool,
+    /// Hosts besides loopback that a redirect may lead to (`health_hosts`).
+    pub hosts: Vec<String>,
     pub expect: u16,
     pub timeout: Duration,
     pub interval: Duration,
     pub deadline: Duration,
+}
+
+/// Whether a health check may go to `url`'s host: loopback, or one of `hosts` (`health_hosts`).
+/// Checked at load for the configured URL, and by the check for each redirect it follows.
+#[must_use]
+pub(crate) fn host_allowed(url: &url::Url, hosts: &[String]) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) if ip.is_loopback() => true,
+        Some(url::Host::Ipv6(ip)) if ip.is_loopback() => true,
+        Some(url::Host::Domain("localhost")) => true,
+        Some(_) => url
+            .host_str()
+            .is_some_and(|host| hosts.iter().any(|h| h == host)),
+        None => false,
+    }
 }
 
 /// How a running unit is watched for hangs: its health check every `every`, and `failures`
@@ -193,14 +210,8 @@ impl Ctx<'_> {
         }
         // A health check is the unit's own local endpoint: anywhere else must be asked for, so a
         // typo (or a hostile configuration fragment) cannot make detector probe other hosts.
-        let loopback = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            Some(url::Host::Domain(name)) => name == "localhost",
-            None => false,
-        };
         let host = parsed.host_str().unwrap_or_default();
-        if !loopback && !self.health_hosts.iter().any(|h| h == host) {
+        if !host_allowed(&parsed, &self.health_hosts) {
             return Err(self.at(
                 url.span(),
                 format!(
@@ -245,6 +256,7 @@ impl Ctx<'_> {
         Ok(Health {
             url: parsed,
             follow_redirects: follow_redirects.unwrap_or(false),
+            hosts: self.health_hosts.clone(),
             expect,
             timeout,
             interval,

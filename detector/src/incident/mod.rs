@@ -10,18 +10,21 @@
 //! never the reverse.
 //!
 //! - In: an [`ExitRecord`] and its provisional cause, then the journal's [`Account`].
-//! - Out: [`Notice`]s on a channel: every incident opened, then resolved (finished or
-//!   `interrupted`), never lost.
+//! - Out: [`Notice`]s on a bounded channel ([`Outbox`]): every incident opened, then resolved
+//!   (finished or `interrupted`), never lost; an `opened` notice that finds the channel full is
+//!   folded into the `resolved` one, counted.
 //! - Must not know: D-Bus, health checks, policies (the recovery reports its steps through
 //!   [`Progress`]), sinks.
 
 mod notice;
+pub(crate) mod outbox;
 mod progress;
 
 use serde::Serialize;
 
 pub(crate) use self::{
     notice::{Notice, Outcome, Phase},
+    outbox::Outbox,
     progress::Progress,
 };
 use crate::{

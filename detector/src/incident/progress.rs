@@ -1,13 +1,16 @@
 //! An incident while its recovery runs: steps are added as they happen, from the journal's
 //! answer and the recovery's actions (two futures of one task). Two notices go out, in order on
-//! one channel: `opened` once the cause is known ([`Progress::opened`]), `resolved` once, when
-//! done or when the daemon stops.
+//! one bounded channel ([`Outbox`]): `opened` once the cause is known ([`Progress::opened`]),
+//! `resolved` once, when done or when the daemon stops, in the slot the incident reserved when it
+//! opened. An `opened` notice that finds the channel full is tried again just before the
+//! `resolved` one, and folded into it if it is still full.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::mpsc::UnboundedSender;
-
-use super::{Incident, Notice, Phase, Step};
+use super::{
+    Incident, Notice, Phase, Step,
+    outbox::{Outbox, Slot},
+};
 use crate::kernel::clock::{self, Clock};
 
 /// ns as ms, to the µs.
@@ -22,7 +25,7 @@ pub(crate) struct Progress {
     /// Behind a lock: the journal's answer and the recovery's steps come from two futures of the
     /// same task, and the notices must leave in order.
     state: Mutex<State>,
-    out: UnboundedSender<Notice>,
+    out: Outbox,
 }
 
 struct State {
@@ -30,15 +33,18 @@ struct State {
     incident: Option<Incident>,
     /// The `opened` notice went out.
     announced: bool,
+    /// Where the `resolved` notice goes; None when none was free at the start.
+    slot: Option<Slot>,
 }
 
 impl Progress {
     #[must_use]
-    pub(crate) fn new(incident: Incident, out: UnboundedSender<Notice>) -> Self {
+    pub(crate) fn new(incident: Incident, out: Outbox) -> Self {
         Self {
             state: Mutex::new(State {
                 incident: Some(incident),
                 announced: false,
+                slot: out.reserve(),
             }),
             out,
         }
@@ -65,9 +71,8 @@ impl Progress {
                 phase: Phase::Opened,
                 incident: Arc::new(incident.clone()),
             };
-            state.announced = true;
-            // The receiver lives as long as the daemon's main loop, which outlives every task.
-            let _ = self.out.send(notice);
+            // Full: tried again before the `resolved` notice (see `send`).
+            state.announced = self.out.try_opened(notice);
         }
     }
 
@@ -124,7 +129,10 @@ impl Progress {
     }
 
     fn take(&self) -> Option<Incident> {
-        self.state().incident.take()
+        let mut state = self.state();
+        // A discarded incident gives its slot back.
+        state.slot = None;
+        state.incident.take()
     }
 
     /// Sends the incident if it is still open, after a last step if one is given. One never
@@ -138,12 +146,22 @@ impl Progress {
             );
         }
         self.opened();
-        if let Some(incident) = self.take() {
-            let _ = self.out.send(Notice {
+        let mut state = self.state();
+        let Some(incident) = state.incident.take() else {
+            return;
+        };
+        if !state.announced {
+            self.out.folded();
+        }
+        let slot = state.slot.take();
+        drop(state);
+        self.out.resolved(
+            slot,
+            Notice {
                 phase: Phase::Resolved,
                 incident: Arc::new(incident),
-            });
-        }
+            },
+        );
     }
 }
 

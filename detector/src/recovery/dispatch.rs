@@ -6,22 +6,20 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use tokio::{
-    sync::{
-        mpsc::{UnboundedReceiver, UnboundedSender},
-        oneshot, watch,
-    },
-    task::JoinSet,
+    sync::{mpsc::Receiver, oneshot, watch},
+    task::{JoinError, JoinSet},
 };
 
-use super::{Recovery, systemd::Systemd, workers};
+use super::{Coalesced, Recovery, systemd::Systemd, workers};
 use crate::{
     config::{Config, UnitPolicy},
     death::record::ExitRecord,
-    incident::{Incident, Notice, Progress},
+    incident::{Incident, Notice, Outbox, Progress},
     journal::{self, causes},
 };
 
-/// Most incidents open at once (each a task until it is written).
+/// Most incidents open at once (each a task until it is written). Well below the notices'
+/// [`crate::incident::outbox::CAPACITY`]: each open incident holds a slot there for its end.
 const MAX_OPEN: usize = 1024;
 
 /// At shutdown, how long incidents still being written may take to finish (about one journal
@@ -36,8 +34,6 @@ pub(crate) struct Dispatcher {
     recovery: Arc<Recovery>,
     /// One task per death in a service, until its incident is written; at most [`MAX_OPEN`].
     tasks: JoinSet<()>,
-    /// Deaths that opened no incident because [`MAX_OPEN`] were open.
-    coalesced: u64,
     /// Tasks that live as long as the daemon: one liveness task per unit that asks for it, and
     /// the watcher of systemd's unit states.
     watchers: JoinSet<()>,
@@ -45,7 +41,7 @@ pub(crate) struct Dispatcher {
     following: Option<oneshot::Receiver<()>>,
     /// The watched systemd's PID 1, in our pid namespace, when known.
     manager_pid: Option<i32>,
-    incidents: UnboundedSender<Notice>,
+    incidents: Outbox,
 }
 
 impl Dispatcher {
@@ -53,7 +49,7 @@ impl Dispatcher {
     pub(crate) fn new(
         journal: journal::Readers,
         recovery: Recovery,
-        incidents: UnboundedSender<Notice>,
+        incidents: Outbox,
         manager_pid: Option<i32>,
     ) -> Self {
         let recovery = Arc::new(recovery);
@@ -63,7 +59,6 @@ impl Dispatcher {
             journal,
             recovery,
             tasks: JoinSet::new(),
-            coalesced: 0,
             watchers,
             following,
             manager_pid,
@@ -129,17 +124,11 @@ impl Dispatcher {
             return false;
         }
         // A storm across more units than this: the death keeps its record (and its metrics), but
-        // opens no incident of its own until the open ones drain; counted and said.
+        // opens no incident of its own until the open ones drain. It is counted in its unit's
+        // newest open incident if there is one, and in `coalesced` either way; said.
         if self.tasks.len() >= MAX_OPEN {
-            self.coalesced += 1;
-            if self.coalesced == 1 || self.coalesced.is_multiple_of(1000) {
-                tracing::warn!(
-                    coalesced = self.coalesced,
-                    open = self.tasks.len(),
-                    unit,
-                    "too many incidents open at once; deaths past the bound open none of their own"
-                );
-            }
+            self.recovery
+                .coalesce(&unit, Some(record), "incidents open at once");
             return false;
         }
         match record.role {
@@ -250,31 +239,43 @@ impl Dispatcher {
         }
     }
 
-    /// The next finished incident task (pending forever while there is none); a task that failed
-    /// is logged.
+    /// Failures that opened no incident of their own, since the start.
+    #[must_use]
+    pub(crate) fn coalesced(&self) -> Coalesced {
+        self.recovery.coalesced()
+    }
+
+    /// The notices' channel, for what it dropped.
+    #[must_use]
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.incidents
+    }
+
+    /// The next finished task, an incident's or a watcher's (pending forever while there is
+    /// none); one that panicked is logged.
     pub(crate) async fn join_next(&mut self) {
-        if self.tasks.is_empty() {
-            std::future::pending::<()>().await;
-        }
-        if let Some(Err(e)) = self.tasks.join_next().await {
-            tracing::error!(error = %e, "an incident's task failed");
+        tokio::select! {
+            Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                report(done, "an incident's task");
+            }
+            Some(done) = self.watchers.join_next(), if !self.watchers.is_empty() => {
+                report(done, "a watcher (liveness, unit states)");
+            }
+            else => std::future::pending::<()>().await,
         }
     }
 
     /// At shutdown: every incident begun still gets out, finished within [`SHUTDOWN_GRACE`] or
     /// as far as it got. Returns the notices that were still in the channel.
-    pub(crate) async fn finish(
-        &mut self,
-        incidents: &mut UnboundedReceiver<Notice>,
-    ) -> Vec<Notice> {
+    pub(crate) async fn finish(&mut self, incidents: &mut Receiver<Notice>) -> Vec<Notice> {
         // An incident they have under way goes out `interrupted` (see `interrupt_all`).
         self.watchers.abort_all();
-        while self.watchers.join_next().await.is_some() {}
+        while let Some(done) = self.watchers.join_next().await {
+            report(done, "a watcher (liveness, unit states)");
+        }
         let finishing = async {
             while let Some(done) = self.tasks.join_next().await {
-                if let Err(e) = done {
-                    tracing::error!(error = %e, "an incident's task failed");
-                }
+                report(done, "an incident's task");
             }
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, finishing)
@@ -282,7 +283,9 @@ impl Dispatcher {
             .is_err()
         {
             self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
+            while let Some(done) = self.tasks.join_next().await {
+                report(done, "an incident's task");
+            }
         }
         self.recovery.interrupt_all();
         let mut left = Vec::new();
@@ -290,6 +293,17 @@ impl Dispatcher {
             left.push(notice);
         }
         left
+    }
+}
+
+/// A finished task's end: a panic is an error in the log (its incident still goes out, from the
+/// `Progress` it dropped); one aborted on purpose (a worker incident taken over, the shutdown) is
+/// not.
+pub(super) fn report(done: Result<(), JoinError>, what: &str) {
+    match done {
+        Ok(()) => {}
+        Err(e) if e.is_cancelled() => tracing::debug!("{what} was cancelled"),
+        Err(e) => tracing::error!(error = %e, "{what} failed"),
     }
 }
 

@@ -11,19 +11,27 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{sync::mpsc::UnboundedSender, task::JoinSet};
+use tokio::task::JoinSet;
 
 use super::{Failure, Kind, Recovery, health};
 use crate::{
     config::UnitPolicy,
-    incident::{Incident, Notice, Progress},
+    incident::{Incident, Outbox, Progress},
     kernel::clock::{self, Clock},
 };
 
 /// Starts one liveness task per unit that asks for one (templates are skipped: their instances
 /// are not known in advance).
-pub(crate) fn spawn(recovery: &Arc<Recovery>, incidents: &UnboundedSender<Notice>) -> JoinSet<()> {
+pub(crate) fn spawn(recovery: &Arc<Recovery>, incidents: &Outbox) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
+    // Checks that cannot reach the machine's network say nothing of its units: killing them for
+    // it would be detector's failure passed on.
+    if let Some(error) = recovery.dialer().unreachable() {
+        if recovery.config().units.iter().any(|p| p.liveness.is_some()) {
+            tracing::error!("{error}; liveness checks are off");
+        }
+        return tasks;
+    }
     for policy in &recovery.config().units {
         if policy.liveness.is_some() && policy.health.is_some() && !policy.name.contains("@.") {
             tasks.spawn(watch(
@@ -37,7 +45,7 @@ pub(crate) fn spawn(recovery: &Arc<Recovery>, incidents: &UnboundedSender<Notice
 }
 
 /// Polls one unit for as long as the daemon runs.
-async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: UnboundedSender<Notice>) {
+async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: Outbox) {
     let (Some(liveness), Some(check)) = (policy.liveness, policy.health.clone()) else {
         return;
     };
@@ -71,7 +79,7 @@ async fn watch(recovery: Arc<Recovery>, policy: UnitPolicy, incidents: Unbounded
             failed = 0;
             continue;
         };
-        let checked = health::check(recovery.http(&check), &check, check.timeout).await;
+        let checked = health::check(recovery.dialer(), &check, check.timeout).await;
         recovery.note_health(unit, checked.is_ok());
         let Err(last) = checked else {
             failed = 0;
@@ -101,7 +109,7 @@ async fn unhealthy(
     recovery: &Recovery,
     policy: &UnitPolicy,
     invocation: Option<String>,
-    incidents: &UnboundedSender<Notice>,
+    incidents: &Outbox,
     url: &url::Url,
     every: Duration,
     last: &str,

@@ -15,6 +15,7 @@
 mod dispatch;
 pub(crate) mod health;
 mod liveness;
+pub(crate) mod netns;
 pub(crate) mod policy;
 mod restart;
 mod settle;
@@ -62,17 +63,26 @@ pub(crate) const WATCH_MARGIN: Duration = Duration::from_secs(30);
 /// the checks after a restart. Shared with whoever reports it (the metrics).
 pub(crate) type HealthBoard = Arc<Mutex<BTreeMap<String, bool>>>;
 
+/// Failures that opened no incident of their own because a bound was reached (the open
+/// incidents, the unit-state watcher's runs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Coalesced {
+    /// Counted in their unit's newest open incident (a death: in its `deaths`).
+    pub folded: u64,
+    /// In a unit with no incident open: only their records tell them.
+    pub unopened: u64,
+}
+
 /// The recovery side of the daemon, shared by the tasks handling deaths.
 pub(crate) struct Recovery {
     root: PathBuf,
     config: Arc<Live>,
     bus: tokio::sync::Mutex<Option<Arc<Systemd>>>,
     units: Mutex<HashMap<String, tracks::Track>>,
-    /// Made at the first health check: a daemon without any costs no memory for it. Two: one
-    /// that follows redirects, for the checks whose configuration asks.
-    http: std::sync::OnceLock<reqwest::Client>,
-    http_following: std::sync::OnceLock<reqwest::Client>,
+    /// Where health checks connect from: the watched systemd's network namespace.
+    dialer: netns::Dialer,
     health: HealthBoard,
+    coalesced: Mutex<Coalesced>,
 }
 
 /// How a unit failed, for what recovering it takes.
@@ -100,15 +110,20 @@ pub(crate) struct DiedAgain;
 
 impl Recovery {
     #[must_use]
-    pub(crate) fn new(root: PathBuf, config: Arc<Live>, bus: Option<Systemd>) -> Self {
+    pub(crate) fn new(
+        root: PathBuf,
+        config: Arc<Live>,
+        bus: Option<Systemd>,
+        dialer: netns::Dialer,
+    ) -> Self {
         Self {
             root,
             config,
             bus: tokio::sync::Mutex::new(bus.map(Arc::new)),
             units: Mutex::new(HashMap::new()),
-            http: std::sync::OnceLock::new(),
-            http_following: std::sync::OnceLock::new(),
+            dialer,
             health: HealthBoard::default(),
+            coalesced: Mutex::default(),
         }
     }
 
@@ -160,14 +175,9 @@ impl Recovery {
         self.bus.lock().await.take();
     }
 
-    /// The health-check client for `check`, made at its first use.
-    pub(crate) fn http(&self, check: &crate::config::Health) -> &reqwest::Client {
-        let (cell, follow) = if check.follow_redirects {
-            (&self.http_following, true)
-        } else {
-            (&self.http, false)
-        };
-        cell.get_or_init(|| health::client(follow))
+    /// Where health checks connect from.
+    pub(crate) fn dialer(&self) -> &netns::Dialer {
+        &self.dialer
     }
 
     /// Carries out `policy` for a failure of `unit`'s run `old`, writing steps into `progress`.

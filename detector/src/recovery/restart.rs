@@ -175,7 +175,7 @@ impl Recovery {
             return;
         };
         let until = Instant::now() + health.deadline;
-        let verdict = health::wait_healthy(self.http(health), health, until).await;
+        let verdict = health::wait_healthy(self.dialer(), health, until).await;
         self.note_health(unit, matches!(verdict, Verdict::Healthy { .. }));
         match verdict {
             Verdict::Healthy { attempts } => {

@@ -16,7 +16,7 @@ use std::{collections::HashMap, num::NonZeroUsize, path::Path, sync::Arc, time::
 
 use futures_util::StreamExt as _;
 use tokio::{
-    sync::{mpsc::UnboundedSender, oneshot},
+    sync::{Semaphore, oneshot},
     task::JoinSet,
 };
 use zbus::OwnedVariant as OwnedValue;
@@ -26,7 +26,7 @@ use super::{
     systemd::{Systemd, hex},
 };
 use crate::{
-    incident::{Incident, Notice, Progress},
+    incident::{Incident, Outbox, Progress},
     journal::{self, Account},
     kernel::clock::{self, Clock},
 };
@@ -44,7 +44,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub(crate) fn spawn(
     tasks: &mut JoinSet<()>,
     recovery: &Arc<Recovery>,
-    incidents: &UnboundedSender<Notice>,
+    incidents: &Outbox,
     journal: &journal::Readers,
 ) -> Option<oneshot::Receiver<()>> {
     if recovery.config().units.is_empty() {
@@ -93,7 +93,7 @@ fn string(value: Option<&OwnedValue>) -> Option<String> {
 /// Follows the bus for as long as the daemon runs, connecting again when it goes.
 async fn watch(
     recovery: Arc<Recovery>,
-    incidents: UnboundedSender<Notice>,
+    incidents: Outbox,
     journal: journal::Readers,
     ready: oneshot::Sender<()>,
 ) {
@@ -103,6 +103,7 @@ async fn watch(
         journal,
         handled: HashMap::new(),
         ready: Some(ready),
+        runs: Arc::new(Semaphore::new(MAX_RUNS)),
     };
     let mut last_error = String::new();
     loop {
@@ -119,14 +120,20 @@ async fn watch(
 /// The watcher's state across reconnections.
 struct Watcher {
     recovery: Arc<Recovery>,
-    incidents: UnboundedSender<Notice>,
+    incidents: Outbox,
     journal: journal::Readers,
     /// The last failed run handled per unit: `failed` and then `auto-restart` of one run are
     /// one failure.
     handled: HashMap<String, Option<String>>,
     /// Fired once, when the signals are first followed.
     ready: Option<oneshot::Sender<()>>,
+    /// A slot per failed run being looked at, each in a task; at most [`MAX_RUNS`].
+    runs: Arc<Semaphore>,
 }
+
+/// Most failed runs looked at at once (each waits [`SETTLE`], then usually finds a death's
+/// incident covers it). Past it, a failed run opens no incident of its own: counted.
+const MAX_RUNS: usize = 256;
 
 impl Watcher {
     async fn follow(&mut self) -> Result<(), String> {
@@ -235,16 +242,26 @@ impl Watcher {
     }
 
     /// Opens an incident for `unit`'s failed run `invocation` (in a task of its own, so that the
-    /// signals are never left unread), unless one of its deaths did.
+    /// signals are never left unread), unless one of its deaths did; at most [`MAX_RUNS`] at
+    /// once, a panic logged.
     fn failed_run(&mut self, unit: String, invocation: Option<String>) {
         if self.handled.get(&unit) == Some(&invocation) {
             return;
         }
         self.handled.insert(unit.clone(), invocation.clone());
+        let Ok(slot) = Arc::clone(&self.runs).try_acquire_owned() else {
+            if !self.recovery.had_incident(&unit, invocation.as_deref()) {
+                self.recovery.coalesce(&unit, None, "failed runs at once");
+            }
+            return;
+        };
         let recovery = Arc::clone(&self.recovery);
         let incidents = self.incidents.clone();
         let journal = self.journal.clone();
-        tokio::spawn(async move {
+        // Not in the watchers' set: a reload starts the watcher again, and the runs it was looking
+        // at go on. How each ends is still reported.
+        let task = tokio::spawn(async move {
+            let _slot = slot;
             tokio::time::sleep(SETTLE).await;
             if recovery.had_incident(&unit, invocation.as_deref()) {
                 return;
@@ -263,6 +280,7 @@ impl Watcher {
             };
             recover(&recovery, &unit, invocation, &progress, account, &env_files).await;
         });
+        tokio::spawn(async move { super::dispatch::report(task.await, "a failed run's task") });
     }
 }
 

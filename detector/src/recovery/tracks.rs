@@ -10,8 +10,8 @@ use std::{
 
 use tokio::{sync::watch, time::Instant};
 
-use super::{Recovery, policy::History, workers};
-use crate::incident::Progress;
+use super::{Coalesced, Recovery, policy::History, workers};
+use crate::{death::record::ExitRecord, incident::Progress};
 
 /// Per-unit state kept across failures.
 #[derive(Default)]
@@ -137,6 +137,61 @@ impl Recovery {
                 .find(|(run, _)| run.as_deref() == invocation)
                 .map(|(_, p)| Arc::clone(p))
         })
+    }
+
+    /// The newest open incident of `unit` (one owning a run, else its worker incident): where a
+    /// death that may not open its own is counted.
+    pub(crate) fn newest_open(&self, unit: &str) -> Option<Arc<Progress>> {
+        self.with_track(unit, |track| {
+            track.owned.retain(|(_, p)| p.is_open());
+            track.owned.last().map(|(_, p)| Arc::clone(p)).or_else(|| {
+                track
+                    .group
+                    .as_ref()
+                    .filter(|g| g.is_open())
+                    .map(|g| Arc::clone(&g.progress))
+            })
+        })
+    }
+
+    /// A failure of `unit` (a death, with its `record`, or a failed run systemd reported) that
+    /// may not open an incident of its own (`why`: a bound was reached): counted in the unit's
+    /// newest open incident if there is one, and in [`Coalesced`] either way; said now and then.
+    pub(crate) fn coalesce(&self, unit: &str, record: Option<&ExitRecord>, why: &str) {
+        let open = self.newest_open(unit);
+        if let (Some(open), Some(record)) = (&open, record) {
+            open.with(|i| i.add_death(record));
+        }
+        let total = {
+            let mut coalesced = self
+                .coalesced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if open.is_some() {
+                coalesced.folded += 1;
+            } else {
+                coalesced.unopened += 1;
+            }
+            *coalesced
+        };
+        let sum = total.folded + total.unopened;
+        if sum == 1 || sum.is_multiple_of(1000) {
+            tracing::warn!(
+                folded = total.folded,
+                unopened = total.unopened,
+                unit,
+                "too many {why}; failures past the bound open no incident of their own (counted \
+                 in their unit's open incident, or only in their records)"
+            );
+        }
+    }
+
+    /// Failures that opened no incident of their own, since the start.
+    pub(crate) fn coalesced(&self) -> Coalesced {
+        *self
+            .coalesced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether an incident of `unit` is open (a recovery, or a burst of worker deaths).

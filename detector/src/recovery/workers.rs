@@ -92,7 +92,7 @@ async fn observe(
         let wait = match health {
             Some(h) => {
                 let timeout = h.timeout.min(until - now);
-                match health::check(recovery.http(h), h, timeout).await {
+                match health::check(recovery.dialer(), h, timeout).await {
                     Ok(()) => {
                         return Outcome::Healed {
                             detail: format!("{} answered {}", h.url, h.expect),

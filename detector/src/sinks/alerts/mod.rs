@@ -198,10 +198,12 @@ impl Alerts {
         }
         let deadline = tokio::time::Instant::now() + grace;
         for mut sink in self.sinks {
-            if tokio::time::timeout_at(deadline, &mut sink.task)
-                .await
-                .is_err()
-            {
+            let ended = tokio::time::timeout_at(deadline, &mut sink.task).await;
+            if let Ok(Err(e)) = &ended {
+                // A panic: what it held is lost; it is said, not dropped.
+                tracing::error!(sink = sink.name, error = %e, "an alert sink's task failed");
+            }
+            if ended.is_err() {
                 sink.task.abort();
                 let (left, dropped) = sink.queue.counts();
                 tracing::warn!(

@@ -24,9 +24,9 @@ use self::names::Names;
 use crate::{
     config::Config,
     death::record::ExitRecord,
-    incident::{Action, Incident},
+    incident::{Action, Incident, outbox::Dropped},
     kernel::counters::Totals,
-    recovery::HealthBoard,
+    recovery::{Coalesced, HealthBoard},
 };
 
 /// Bounds of the recovery-time histograms, in seconds: a restart is requested within
@@ -67,6 +67,18 @@ struct RestartLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CoalescedLabels {
+    /// `folded` (counted in the unit's open incident) or `unopened` (in no incident).
+    into: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoticeLabels {
+    /// `opened` (folded into the incident's `resolved` notice) or `resolved` (lost).
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     sink: &'static str,
 }
@@ -104,6 +116,8 @@ pub(crate) struct Metrics {
     crash_to_healthy: Family<UnitLabels, Histogram, fn() -> Histogram>,
     healthy: Family<UnitLabels, Gauge>,
     kernel: Kernel,
+    coalesced: Family<CoalescedLabels, Counter>,
+    notices_dropped: Family<NoticeLabels, Counter>,
     deliveries: Family<SinkLabels, Counter>,
     drops: Family<SinkLabels, Counter>,
     board: HealthBoard,
@@ -130,12 +144,17 @@ impl Metrics {
             crash_to_healthy: Family::new_with_constructor(seconds_histogram),
             healthy: Family::default(),
             kernel: Kernel::default(),
+            coalesced: Family::default(),
+            notices_dropped: Family::default(),
             deliveries: Family::default(),
             drops: Family::default(),
             board,
             registry,
-        };
-        metrics.register()
+        }
+        .register();
+        // Known series are exported at 0 from the start.
+        metrics.pressure(Coalesced::default(), Dropped::default());
+        metrics
     }
 
     fn register(mut self) -> Self {
@@ -202,6 +221,18 @@ impl Metrics {
         ] {
             r.register(name, help, counter.clone());
         }
+        r.register(
+            "incidents_coalesced",
+            "Failures that opened no incident of their own, a bound being reached: folded into \
+             their unit's open incident, or unopened",
+            self.coalesced.clone(),
+        );
+        r.register(
+            "notices_dropped",
+            "Incident notices that did not go out on their own, the notices' queue being full: \
+             opened (folded into the resolved one), resolved (lost)",
+            self.notices_dropped.clone(),
+        );
         r.register(
             "sink_deliveries",
             "Records or incidents a sink delivered, by sink",
@@ -274,6 +305,24 @@ impl Metrics {
             (&k.undecodable, undecodable),
         ] {
             // Only this call adds to them, so the difference is what is new.
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// What the dispatcher coalesced and the notices' queue dropped, as totals since the start.
+    pub(crate) fn pressure(&self, coalesced: Coalesced, dropped: Dropped) {
+        for (family, label, total) in [
+            (&self.coalesced, "folded", coalesced.folded),
+            (&self.coalesced, "unopened", coalesced.unopened),
+        ] {
+            let counter = family.get_or_create(&CoalescedLabels { into: label });
+            // Only this call adds to them, so the difference is what is new.
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        for (label, total) in [("opened", dropped.opened), ("resolved", dropped.resolved)] {
+            let counter = self
+                .notices_dropped
+                .get_or_create(&NoticeLabels { phase: label });
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }

@@ -169,6 +169,64 @@ fn the_exposition_counts_what_happened() {
     assert!(text.ends_with("# EOF\n"), "{text}");
 }
 
+/// What the dispatcher coalesced and the notices' queue dropped: exported at 0 from the start,
+/// then as the totals given.
+#[test]
+fn coalesced_deaths_and_dropped_notices_are_totals() {
+    let metrics = metrics();
+    let text = metrics.encode();
+    // Exported at 0 before anything was coalesced or dropped.
+    for series in [
+        r#"detector_incidents_coalesced_total{into="folded"}"#,
+        r#"detector_incidents_coalesced_total{into="unopened"}"#,
+        r#"detector_notices_dropped_total{phase="opened"}"#,
+        r#"detector_notices_dropped_total{phase="resolved"}"#,
+    ] {
+        assert_eq!(
+            value(&text, series).as_deref(),
+            Some("0"),
+            "{series}\n{text}"
+        );
+    }
+    metrics.pressure(
+        crate::recovery::Coalesced {
+            folded: 5,
+            unopened: 2,
+        },
+        crate::incident::outbox::Dropped {
+            opened: 1,
+            resolved: 0,
+        },
+    );
+    // Totals: a later call adds only the difference.
+    metrics.pressure(
+        crate::recovery::Coalesced {
+            folded: 7,
+            unopened: 2,
+        },
+        crate::incident::outbox::Dropped {
+            opened: 1,
+            resolved: 0,
+        },
+    );
+    let text = metrics.encode();
+    for (series, want) in [
+        (r#"detector_incidents_coalesced_total{into="folded"}"#, "7"),
+        (
+            r#"detector_incidents_coalesced_total{into="unopened"}"#,
+            "2",
+        ),
+        (r#"detector_notices_dropped_total{phase="opened"}"#, "1"),
+        (r#"detector_notices_dropped_total{phase="resolved"}"#, "0"),
+    ] {
+        assert_eq!(
+            value(&text, series).as_deref(),
+            Some(want),
+            "{series}\n{text}"
+        );
+    }
+}
+
 #[test]
 fn health_verdicts_are_a_gauge() {
     let config = config::parse("c.toml", "").expect("valid");
