@@ -22,8 +22,8 @@ use aya_ebpf::{
 use detector_common::{DeathEvent, EventHeader, SenderKey, counter, death_flags, event_kind};
 
 use crate::{
-    kernel::{Error, current_cgroup_id, now_ns, offset, read, read_bytes},
-    maps::{EVENTS, OOM_VICTIMS, SENDERS, SPAWNED, WATCH, count},
+    kernel::{Error, counted, current_cgroup_id, now_ns, offset, read, read_bytes},
+    maps::{EVENTS, OOM_VICTIMS, SENDERS, SPAWNED, WATCH, count, fail},
 };
 
 /// `SIGNAL_GROUP_EXIT` in include/linux/sched/signal.h: a group exit (exit_group, fatal signal,
@@ -69,15 +69,15 @@ fn wait_status(task: u64) -> Result<u32, Error> {
 
 #[inline(always)]
 fn try_group_dead(task: u64) -> Result<(), Error> {
-    let status = wait_status(task)?;
+    let status = counted(wait_status(task), counter::READ_EXIT_STATUS)?;
     // Clean exits are the common case by far; they never leave the kernel.
     if status == 0 {
         return Ok(());
     }
     let ktime_ns = now_ns();
     let Some(mut entry) = EVENTS.reserve::<DeathEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return Err(Error::Kernel);
+        fail(counter::RINGBUF_FULL);
+        return Err(Error::Counted);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, writable ring-buffer slot of `size_of::<DeathEvent>()`
@@ -99,10 +99,10 @@ fn try_group_dead(task: u64) -> Result<(), Error> {
         (*event).sender = core::mem::zeroed();
         (*event).oom = core::mem::zeroed();
         // A failed read leaves zeros and is counted; the death is still reported.
-        let _ = fill(task, &mut *event);
+        let _ = counted(fill(task, &mut *event), counter::READ_TASK);
     }
     entry.submit(0);
-    count(counter::EMITTED);
+    let _ = count(counter::EMITTED);
     Ok(())
 }
 

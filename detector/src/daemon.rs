@@ -25,6 +25,7 @@ use crate::{
         clock::{self, Clock},
         counters::{Counters, Lost},
         decode::{Event, decode},
+        log as kernel_log,
         overlap::Overlap,
         privileges,
         probes::{self, Attached, Backlog, Probes},
@@ -195,8 +196,9 @@ impl Pipeline {
             emitted = totals.emitted,
             received = self.received,
             lost = totals.lost,
-            read_failures = totals.read_failures,
-            map_failures = totals.map_failures,
+            read_failures = totals.read_failures(),
+            map_failures = totals.map_failures(),
+            kernel_errors = %totals.summary(),
             undecodable = self.undecodable,
             "detector stopped"
         );
@@ -260,6 +262,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         backlog,
         overlap,
         reattached,
+        logger,
         attached,
     } = probes::load(&probes::Options {
         ringbuf_bytes: options.ringbuf_bytes,
@@ -275,6 +278,10 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     // Before any other thread starts (capabilities are per thread, and inherited).
     let kept = privileges::drop_all_but_kept()?;
     tracing::info!(kept = ?kept, "dropped every other capability");
+    // Kernel messages at debug: a task on this runtime, no thread (capabilities are per thread).
+    if let Some(logger) = logger {
+        kernel_log::spawn(logger);
+    }
     // SAFETY: `Ring` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
     // owns the `Ring`) is dropped.
     let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

@@ -72,6 +72,12 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    /// `detector_common::counter::name`: `ringbuf_full_death`, `read_task`, `map_senders`, ...
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -84,6 +90,8 @@ struct Kernel {
     read_failures: Counter,
     map_failures: Counter,
     undecodable: Counter,
+    /// Every failure kind, exported at 0 from the start.
+    errors: Family<ErrorLabels, Counter>,
 }
 
 /// A sink's count of what it delivered and what it had to drop.
@@ -202,6 +210,16 @@ impl Metrics {
         ] {
             r.register(name, help, counter.clone());
         }
+        for kind in detector_common::counter::ERRORS {
+            let _ = k.errors.get_or_create(&ErrorLabels {
+                kind: detector_common::counter::name(kind),
+            });
+        }
+        r.register(
+            "kernel_errors",
+            "Failures in the kernel programs, by kind (see the README's list of kinds)",
+            k.errors.clone(),
+        );
         r.register(
             "sink_deliveries",
             "Records or incidents a sink delivered, by sink",
@@ -269,11 +287,17 @@ impl Metrics {
         for (counter, total) in [
             (&k.emitted, totals.emitted),
             (&k.lost, totals.lost),
-            (&k.read_failures, totals.read_failures),
-            (&k.map_failures, totals.map_failures),
+            (&k.read_failures, totals.read_failures()),
+            (&k.map_failures, totals.map_failures()),
             (&k.undecodable, undecodable),
         ] {
             // Only this call adds to them, so the difference is what is new.
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        for (kind, total) in totals.errors {
+            let counter = k.errors.get_or_create(&ErrorLabels {
+                kind: detector_common::counter::name(kind),
+            });
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }

@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
+use detector_common::counter;
 use serde_json::Value;
 
 use super::Metrics;
@@ -96,11 +97,23 @@ fn the_exposition_counts_what_happened() {
         1,
     );
     // A later, larger total adds only the difference.
+    let mut errors = Totals::default().errors;
+    for (slot, kind) in errors.iter_mut().zip(counter::ERRORS) {
+        *slot = (
+            kind,
+            match kind {
+                counter::RINGBUF_FULL => 3,
+                counter::READ_TASK => 4,
+                counter::MAP_SENDERS => 1,
+                _ => 0,
+            },
+        );
+    }
     metrics.kernel(
         Totals {
             emitted: 9,
             lost: 3,
-            ..Totals::default()
+            errors,
         },
         1,
     );
@@ -144,7 +157,15 @@ fn the_exposition_counts_what_happened() {
         ("detector_events_total", "9"),
         ("detector_events_lost_total", "3"),
         ("detector_events_undecodable_total", "1"),
-        ("detector_kernel_read_failures_total", "0"),
+        ("detector_kernel_read_failures_total", "4"),
+        ("detector_kernel_map_update_failures_total", "1"),
+        (r#"detector_kernel_errors_total{kind="read_task"}"#, "4"),
+        (
+            r#"detector_kernel_errors_total{kind="ringbuf_full_death"}"#,
+            "3",
+        ),
+        (r#"detector_kernel_errors_total{kind="map_senders"}"#, "1"),
+        (r#"detector_kernel_errors_total{kind="read_memcg"}"#, "0"),
         (r#"detector_sink_drops_total{sink="history"}"#, "1"),
         (r#"detector_sink_deliveries_total{sink="history"}"#, "0"),
         (
