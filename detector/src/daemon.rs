@@ -422,6 +422,9 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                     pipeline.sinks.flush();
                 }
                 pipeline.sinks.metrics().kernel(counters.totals(), pipeline.undecodable);
+                let (cgroups, recovery) =
+                    (pipeline.cgroups.cache_sizes(), pipeline.dispatcher.cache_sizes());
+                pipeline.sinks.metrics().caches(&[cgroups.as_slice(), recovery.as_slice()].concat());
                 if pipeline.overlap.as_ref().is_some_and(|o| !o.open(clock::monotonic_ns())) {
                     pipeline.overlap = None;
                 }

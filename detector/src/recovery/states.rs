@@ -35,6 +35,9 @@ use crate::{
 const RECONNECT: Duration = Duration::from_secs(5);
 /// How long a state change waits for a death's incident that may still be on its way.
 const SETTLE: Duration = Duration::from_millis(200);
+/// Most units whose last state (and last handled failure) the watcher keeps: one per unit not at
+/// rest, which a host has far fewer of.
+const MAX_STATES: usize = 4096;
 
 /// Starts the watcher in `tasks` when the configuration lists units (the units it watches are
 /// those, and any a death was seen in).
@@ -200,7 +203,21 @@ impl Watcher {
             let sub = string(changed.get("SubState"));
             let state = (active.clone(), sub.clone());
             tracing::debug!(unit, ?active, ?sub, "unit states: a change");
-            if states.insert(unit.clone(), state.clone()).as_ref() == Some(&state) {
+            // A unit at rest needs no memory of its state (inactive is never acted on): a
+            // template's instances, started and gone by the thousand, leave nothing behind.
+            if active.as_deref() == Some("inactive") {
+                states.remove(&unit);
+                self.recovery.note_states(states.len(), self.handled.len());
+                continue;
+            }
+            if states.len() >= MAX_STATES && !states.contains_key(&unit) {
+                // Failed units systemd collected never go inactive here. Forgetting them all
+                // costs at most one repeated signal acted on again, which `handled` dedups.
+                states.clear();
+            }
+            let repeated = states.insert(unit.clone(), state.clone()).as_ref() == Some(&state);
+            self.recovery.note_states(states.len(), self.handled.len());
+            if repeated {
                 continue;
             }
             if active.as_deref() != Some("failed") && sub.as_deref() != Some("auto-restart") {
@@ -239,6 +256,11 @@ impl Watcher {
     fn failed_run(&mut self, unit: String, invocation: Option<String>) {
         if self.handled.get(&unit) == Some(&invocation) {
             return;
+        }
+        if self.handled.len() >= MAX_STATES && !self.handled.contains_key(&unit) {
+            // Past the bound, the oldest memory is no better than any: start over. A failed run
+            // seen again after that is still covered by `Recovery::had_incident`.
+            self.handled.clear();
         }
         self.handled.insert(unit.clone(), invocation.clone());
         let recovery = Arc::clone(&self.recovery);

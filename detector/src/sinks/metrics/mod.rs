@@ -78,6 +78,13 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    /// `cgroup_paths`, `cgroups_known`, `unit_tracks`, `unit_object_paths`, `unit_states`,
+    /// `unit_failures_handled`, `metric_names`.
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -114,6 +121,7 @@ pub(crate) struct Metrics {
     kernel: Kernel,
     deliveries: Family<SinkLabels, Counter>,
     drops: Family<SinkLabels, Counter>,
+    caches: Family<CacheLabels, Gauge>,
     board: HealthBoard,
 }
 
@@ -140,6 +148,7 @@ impl Metrics {
             kernel: Kernel::default(),
             deliveries: Family::default(),
             drops: Family::default(),
+            caches: Family::default(),
             board,
             registry,
         };
@@ -221,6 +230,11 @@ impl Metrics {
             k.errors.clone(),
         );
         r.register(
+            "cache_entries",
+            "Entries in each of the daemon's caches (every one has a bound; see the README)",
+            self.caches.clone(),
+        );
+        r.register(
             "sink_deliveries",
             "Records or incidents a sink delivered, by sink",
             self.deliveries.clone(),
@@ -299,6 +313,17 @@ impl Metrics {
                 kind: detector_common::counter::name(kind),
             });
             counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// The daemon's cache sizes now (read each second by the main loop); `metric_names` is the
+    /// metrics' own.
+    pub(crate) fn caches(&self, sizes: &[(&'static str, usize)]) {
+        let names = ("metric_names", self.names.len());
+        for (cache, size) in sizes.iter().chain(std::iter::once(&names)) {
+            self.caches
+                .get_or_create(&CacheLabels { cache })
+                .set(i64::try_from(*size).unwrap_or(i64::MAX));
         }
     }
 

@@ -117,6 +117,7 @@ fn the_exposition_counts_what_happened() {
         },
         1,
     );
+    metrics.caches(&[("cgroup_paths", 12)]);
     let history = metrics.sink("history");
     history.dropped.inc();
     let text = metrics.encode();
@@ -167,6 +168,8 @@ fn the_exposition_counts_what_happened() {
         (r#"detector_kernel_errors_total{kind="map_senders"}"#, "1"),
         (r#"detector_kernel_errors_total{kind="read_memcg"}"#, "0"),
         (r#"detector_sink_drops_total{sink="history"}"#, "1"),
+        (r#"detector_cache_entries{cache="cgroup_paths"}"#, "12"),
+        (r#"detector_cache_entries{cache="metric_names"}"#, "1"),
         (r#"detector_sink_deliveries_total{sink="history"}"#, "0"),
         (
             &format!(
