@@ -128,7 +128,11 @@ impl Recovery {
     /// How many entries each of the recovery's caches holds, by name (each has a bound).
     #[must_use]
     pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 4] {
-        let tracks = self.units.lock().unwrap_or_else(PoisonError::into_inner).len();
+        let tracks = self
+            .units
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
         // A bus being replaced is skipped for this once; the next second says.
         let paths = self
             .bus
@@ -140,7 +144,10 @@ impl Recovery {
             ("unit_tracks", tracks),
             ("unit_object_paths", paths),
             ("unit_states", self.states.0.load(Ordering::Relaxed)),
-            ("unit_failures_handled", self.states.1.load(Ordering::Relaxed)),
+            (
+                "unit_failures_handled",
+                self.states.1.load(Ordering::Relaxed),
+            ),
         ]
     }
 

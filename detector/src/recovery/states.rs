@@ -137,7 +137,7 @@ impl Watcher {
         // The last (ActiveState, SubState) each unit was seen in: systemd sends every property of
         // the interface with each change (a restart job appearing repeats `auto-restart`), so only a
         // change of state is acted on.
-        let mut states: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        let mut states = States::new();
         let bus = Systemd::connect(recovery.root())
             .await
             .map_err(|e| e.to_string())?;
@@ -203,21 +203,9 @@ impl Watcher {
             let sub = string(changed.get("SubState"));
             let state = (active.clone(), sub.clone());
             tracing::debug!(unit, ?active, ?sub, "unit states: a change");
-            // A unit at rest needs no memory of its state (inactive is never acted on): a
-            // template's instances, started and gone by the thousand, leave nothing behind.
-            if active.as_deref() == Some("inactive") {
-                states.remove(&unit);
-                self.recovery.note_states(states.len(), self.handled.len());
-                continue;
-            }
-            if states.len() >= MAX_STATES && !states.contains_key(&unit) {
-                // Failed units systemd collected never go inactive here. Forgetting them all
-                // costs at most one repeated signal acted on again, which `handled` dedups.
-                states.clear();
-            }
-            let repeated = states.insert(unit.clone(), state.clone()).as_ref() == Some(&state);
+            let new = note(&mut states, &unit, state);
             self.recovery.note_states(states.len(), self.handled.len());
-            if repeated {
+            if !new {
                 continue;
             }
             if active.as_deref() != Some("failed") && sub.as_deref() != Some("auto-restart") {
@@ -286,6 +274,29 @@ impl Watcher {
             recover(&recovery, &unit, invocation, &progress, account, &env_files).await;
         });
     }
+}
+
+/// A unit's last (ActiveState, SubState).
+type States = HashMap<String, (Option<String>, Option<String>)>;
+
+/// Notes `unit`'s `state`; true when it is a change worth looking at.
+fn note(states: &mut States, unit: &str, state: (Option<String>, Option<String>)) -> bool {
+    // A unit at rest needs no memory of its state (inactive is never acted on): a template's
+    // instances, started and gone by the thousand, leave nothing behind.
+    if state.0.as_deref() == Some("inactive") {
+        states.remove(unit);
+        return false;
+    }
+    if states.len() >= MAX_STATES && !states.contains_key(unit) {
+        // Failed units systemd collected never go inactive here. Forgetting them all costs at
+        // most one repeated signal acted on again, which `handled` dedups.
+        states.clear();
+    }
+    if states.get(unit) == Some(&state) {
+        return false;
+    }
+    states.insert(unit.to_owned(), state);
+    true
 }
 
 fn opened(unit: &str, invocation: Option<String>) -> Incident {

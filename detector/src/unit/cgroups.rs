@@ -178,7 +178,10 @@ impl CgroupResolver {
             .flatten()
             .map(|h| h.cache.len())
             .sum();
-        [("cgroup_paths", resolved), ("cgroups_known", self.known.len())]
+        [
+            ("cgroup_paths", resolved),
+            ("cgroups_known", self.known.len()),
+        ]
     }
 
     /// Learns every cgroup2 directory that exists now; returns how many.

@@ -112,7 +112,15 @@ struct Daemon {
 impl Daemon {
     fn start(machine: &Machine, config: &str) -> Self {
         let mut child = Command::new(detector_bin())
-            .args(["run", "--output", "json", "--root", &machine.root(), "--config", config])
+            .args([
+                "run",
+                "--output",
+                "json",
+                "--root",
+                &machine.root(),
+                "--config",
+                config,
+            ])
             .env("DETECTOR_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -156,7 +164,7 @@ impl Daemon {
         let started = Instant::now();
         while !daemon.said("detector ready") {
             assert!(
-                started.elapsed() < Duration::from_secs(60),
+                started.elapsed() < Duration::from_mins(1),
                 "the daemon did not become ready: {:?}",
                 daemon.log.lock().expect("lock")
             );
@@ -184,7 +192,7 @@ impl Daemon {
         loop {
             thread::sleep(Duration::from_millis(500));
             let now = self.exits();
-            if now == last || started.elapsed() > Duration::from_secs(120) {
+            if now == last || started.elapsed() > Duration::from_mins(2) {
                 return;
             }
             last = now;
@@ -223,8 +231,11 @@ fn sample(daemon: &Daemon, label: String, cycles: u64, deaths: u64) -> Sample {
     let caches = CACHES
         .iter()
         .filter_map(|(cache, _, _)| {
-            series(&text, &format!(r#"detector_cache_entries{{cache="{cache}"}}"#))
-                .map(|v| (*cache, v))
+            series(
+                &text,
+                &format!(r#"detector_cache_entries{{cache="{cache}"}}"#),
+            )
+            .map(|v| (*cache, v))
         })
         .collect();
     Sample {
@@ -381,7 +392,9 @@ fn main() {
             .fold(0.0_f64, |a, b| a.max(*b));
         println!(
             "soak: cache {cache}: at most {most} entries (bound {bound}), {} at the end",
-            last.caches.get(cache).map_or("-".to_owned(), f64::to_string)
+            last.caches
+                .get(cache)
+                .map_or("-".to_owned(), f64::to_string)
         );
     }
     let warnings = log.iter().filter(|l| l.contains(" WARN ")).count();

@@ -62,7 +62,10 @@ impl Names {
     /// How many units were given their own name (the bound is `max_units`).
     #[must_use]
     pub(crate) fn len(&self) -> usize {
-        self.named.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.named
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 

@@ -15,6 +15,19 @@ use crate::{
     recovery::HealthBoard,
 };
 
+/// Kernel failure totals: 3 lost deaths, 4 failed task reads, 1 refused sender update.
+fn errors() -> [(u32, u64); counter::ERRORS.len()] {
+    counter::ERRORS.map(|kind| {
+        let n = match kind {
+            counter::RINGBUF_FULL => 3,
+            counter::READ_TASK => 4,
+            counter::MAP_SENDERS => 1,
+            _ => 0,
+        };
+        (kind, n)
+    })
+}
+
 /// Metrics for a configuration listing `web.service`.
 pub(crate) fn metrics() -> Metrics {
     let config = config::parse("c.toml", "[[unit]]\nname = \"web.service\"\n").expect("valid");
@@ -74,6 +87,22 @@ fn value(text: &str, series: &str) -> Option<String> {
 }
 
 #[test]
+fn cache_sizes_are_gauges_with_the_names_own() {
+    let metrics = metrics();
+    let _ = metrics.names.of(Some("a.service"));
+    metrics.caches(&[("cgroup_paths", 12), ("unit_tracks", 3)]);
+    metrics.caches(&[("cgroup_paths", 5), ("unit_tracks", 3)]);
+    let text = metrics.encode();
+    for (series, want) in [
+        (r#"detector_cache_entries{cache="cgroup_paths"}"#, "5"),
+        (r#"detector_cache_entries{cache="unit_tracks"}"#, "3"),
+        (r#"detector_cache_entries{cache="metric_names"}"#, "1"),
+    ] {
+        assert_eq!(value(&text, series).as_deref(), Some(want), "{series}");
+    }
+}
+
+#[test]
 fn the_exposition_counts_what_happened() {
     let metrics = metrics();
     metrics.death(&record(Some("web.service"), Some("SIGKILL")));
@@ -97,27 +126,14 @@ fn the_exposition_counts_what_happened() {
         1,
     );
     // A later, larger total adds only the difference.
-    let mut errors = Totals::default().errors;
-    for (slot, kind) in errors.iter_mut().zip(counter::ERRORS) {
-        *slot = (
-            kind,
-            match kind {
-                counter::RINGBUF_FULL => 3,
-                counter::READ_TASK => 4,
-                counter::MAP_SENDERS => 1,
-                _ => 0,
-            },
-        );
-    }
     metrics.kernel(
         Totals {
             emitted: 9,
             lost: 3,
-            errors,
+            errors: errors(),
         },
         1,
     );
-    metrics.caches(&[("cgroup_paths", 12)]);
     let history = metrics.sink("history");
     history.dropped.inc();
     let text = metrics.encode();
@@ -168,8 +184,6 @@ fn the_exposition_counts_what_happened() {
         (r#"detector_kernel_errors_total{kind="map_senders"}"#, "1"),
         (r#"detector_kernel_errors_total{kind="read_memcg"}"#, "0"),
         (r#"detector_sink_drops_total{sink="history"}"#, "1"),
-        (r#"detector_cache_entries{cache="cgroup_paths"}"#, "12"),
-        (r#"detector_cache_entries{cache="metric_names"}"#, "1"),
         (r#"detector_sink_deliveries_total{sink="history"}"#, "0"),
         (
             &format!(
