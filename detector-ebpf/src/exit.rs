@@ -19,7 +19,9 @@ use aya_ebpf::{
     macros::{fentry, raw_tracepoint},
     programs::{FEntryContext, RawTracePointContext},
 };
-use detector_common::{DeathEvent, EventHeader, SenderKey, counter, death_flags, event_kind};
+use detector_common::{
+    DeathEvent, EventHeader, SenderKey, counter, death_flags, event_kind, oom_fields,
+};
 
 use crate::{
     kernel::{Error, counted, current_cgroup_id, now_ns, offset, read, read_bytes},
@@ -130,6 +132,11 @@ fn fill(task: u64, event: &mut DeathEvent) -> Result<(), Error> {
             // SAFETY: as above.
             event.oom = unsafe { *oom };
             event.flags |= death_flags::OOM;
+            if event.oom.fields & oom_fields::MEMCG == 0 {
+                // Rare (an OOM kill whose memory cgroup could not be read); logged here, not in
+                // `oom.rs`: see `maps::fail_quietly`.
+                aya_log_ebpf::debug!(&(), "oom: victim {} died without its memory cgroup", tgid);
+            }
             let _ = OOM_VICTIMS.remove(key);
             break;
         }

@@ -28,8 +28,8 @@ use aya_ebpf::{
 use detector_common::{OomInfo, counter, oom_constraint, oom_fields};
 
 use crate::{
-    kernel::{Error, counted, now_ns, offset, read},
-    maps::{LAST_RECLAIM, OOM_VICTIMS, fail},
+    kernel::{Error, now_ns, offset, read},
+    maps::{LAST_RECLAIM, OOM_VICTIMS, fail_quietly},
 };
 
 #[inline(always)]
@@ -38,7 +38,7 @@ fn note_reclaim(kind: u32) {
         .insert(bpf_get_current_pid_tgid(), kind, 0)
         .is_err()
     {
-        fail(counter::MAP_LAST_RECLAIM);
+        fail_quietly(counter::MAP_LAST_RECLAIM);
     }
 }
 
@@ -74,7 +74,7 @@ fn field<T: Default>(
         *fields |= bit;
         value
     } else {
-        fail(counter::READ_OOM_FIELDS);
+        fail_quietly(counter::READ_OOM_FIELDS);
         T::default()
     }
 }
@@ -94,7 +94,7 @@ fn current_memcg(info: &mut OomInfo) -> Result<(), Error> {
     // SAFETY: a probe read of a kernel string; a bad pointer fails, it never faults.
     if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut info.memcg_name) }.is_err()
     {
-        fail(counter::READ_MEMCG);
+        fail_quietly(counter::READ_MEMCG);
     }
     info.fields |= oom_fields::MEMCG;
     Ok(())
@@ -136,19 +136,15 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), Error> {
         info.constraint = unsafe { *kind };
     }
     // Missing offsets or a failed read leave the memcg out; the victim is still reported.
-    if counted(current_memcg(&mut info), counter::READ_MEMCG).is_err() {
-        // Rare (an OOM kill), so always worth a line at debug, whether read or offset failed.
-        aya_log_ebpf::debug!(
-            ctx,
-            "oom: victim {} marked without its memory cgroup",
-            info.victim_tid
-        );
+    // A failed read is counted; `exit` logs the victim without a memcg at its death.
+    if let Err(Error::Read) = current_memcg(&mut info) {
+        fail_quietly(counter::READ_MEMCG);
     }
     // The OOM killer picks a process (a thread-group leader) and marks the thread of it that still
     // has an mm: the leader itself unless the leader already exited, so key by the marked thread;
     // `exit` looks under the group id and then under its own thread id.
     OOM_VICTIMS.insert(info.victim_tid, info, 0).map_err(|_| {
-        fail(counter::MAP_OOM_VICTIMS);
+        fail_quietly(counter::MAP_OOM_VICTIMS);
         Error::Counted
     })
 }

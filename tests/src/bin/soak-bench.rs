@@ -104,6 +104,8 @@ fn series(text: &str, name: &str) -> Option<f64> {
 /// stderr's notable lines kept.
 struct Daemon {
     child: Child,
+    /// Reads the stdout to its end.
+    reader: Option<thread::JoinHandle<()>>,
     exits: Arc<AtomicU64>,
     incidents: Arc<AtomicU64>,
     log: Arc<Mutex<Vec<String>>>,
@@ -129,7 +131,7 @@ impl Daemon {
         let (exits, incidents) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let stdout = child.stdout.take().expect("stdout");
         let (e, i) = (Arc::clone(&exits), Arc::clone(&incidents));
-        thread::spawn(move || {
+        let reader = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if line.starts_with(r#"{"kind":"exit""#) {
@@ -157,6 +159,7 @@ impl Daemon {
         });
         let daemon = Self {
             child,
+            reader: Some(reader),
             exits,
             incidents,
             log,
@@ -199,10 +202,15 @@ impl Daemon {
         }
     }
 
+    /// Stops the daemon; its stderr's notable lines, once its stdout (the incidents it finished
+    /// at shutdown included) is read to the end.
     fn stop(mut self) -> Vec<String> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
         let started = Instant::now();
         while !self.said("detector stopped") && started.elapsed() < Duration::from_secs(10) {
             thread::sleep(Duration::from_millis(100));
@@ -354,9 +362,12 @@ fn main() {
         samples.push(s);
     }
     let took = started.elapsed();
-    let incidents = daemon.incidents.load(Ordering::Relaxed);
-    let records = daemon.exits();
+    let (exits, incidents) = (Arc::clone(&daemon.exits), Arc::clone(&daemon.incidents));
     let log = daemon.stop();
+    let (records, incidents) = (
+        exits.load(Ordering::Relaxed),
+        incidents.load(Ordering::Relaxed),
+    );
     // Warm-up: the first quarter of the rounds.
     let warm = &samples[(samples.len() / 4).max(1)];
     let (first, last) = (&samples[0], samples.last().expect("samples"));
