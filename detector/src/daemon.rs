@@ -429,6 +429,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                     pipeline.overlap = None;
                 }
                 pipeline.cgroups.sweep(std::time::Instant::now());
+                pipeline.dispatcher.sweep();
             }
             Some(notice) = incidents.recv() => {
                 pipeline.sinks.notice(&notice);

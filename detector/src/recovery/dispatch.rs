@@ -71,6 +71,11 @@ impl Dispatcher {
         }
     }
 
+    /// Lets go of what finished incidents left in the recovery's tracks (each second).
+    pub(crate) fn sweep(&self) {
+        self.recovery.sweep();
+    }
+
     /// How many entries each of the recovery's caches holds, by name.
     #[must_use]
     pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 4] {
