@@ -65,17 +65,102 @@ pub mod oom_constraint {
     pub const GLOBAL: u32 = 2;
 }
 
-/// Indexes into the per-CPU `COUNTERS` map. Stable: userspace names them in its reports.
+/// Indexes into the per-CPU `COUNTERS` map: what the kernel programs wrote, and each kind of
+/// failure, specific enough to act on. Stable: a number never changes meaning and is never reused;
+/// the daemon exports each under its [`counter::name`] (`detector_kernel_errors_total{kind}`).
 pub mod counter {
     /// Death records written to the ring buffer.
     pub const EMITTED: u32 = 0;
-    /// Death records lost because the ring buffer had no room.
+    /// Death records lost because the ring buffer had no room (`--ringbuf-bytes`, a daemon that
+    /// does not read).
     pub const RINGBUF_FULL: u32 = 1;
-    /// A `bpf_probe_read_kernel` of a kernel structure failed; the record went out incomplete.
-    pub const KERNEL_READ: u32 = 2;
-    /// A correlation map update failed (sender or OOM details may be missing from a record).
-    pub const MAP_UPDATE: u32 = 3;
-    pub const COUNT: u32 = 4;
+    // 2 and 3 were the generic `KERNEL_READ` and `MAP_UPDATE` before the kinds below; retired.
+    /// cgroup2 mkdir/rmdir records lost because the ring buffer had no room: a unit's cgroup
+    /// path may be looked up late (or be null when the cgroup is already gone).
+    pub const RINGBUF_FULL_CGROUP: u32 = 4;
+    /// The dying task's wait status could not be read (`task->signal`, its flags and codes):
+    /// the death was not reported at all.
+    pub const READ_EXIT_STATUS: u32 = 5;
+    /// The dying task's ids, command name or parent could not be read: the record went out with
+    /// zeros in their place.
+    pub const READ_TASK: u32 = 6;
+    /// A signal's siginfo or target could not be read: its sender is missing from the death.
+    pub const READ_SIGNAL: u32 = 7;
+    /// A field of the `oom:mark_victim` record could not be read: an OOM figure is missing.
+    pub const READ_OOM_FIELDS: u32 = 8;
+    /// The OOM-invoking task's memory cgroup (`css_set` → `cgroup` → kernfs id and name) could
+    /// not be read: the OOM record has no memcg.
+    pub const READ_MEMCG: u32 = 9;
+    /// A field of a `cgroup:cgroup_mkdir`/`rmdir` record could not be read: the event was not
+    /// written.
+    pub const READ_CGROUP: u32 = 10;
+    /// A cgroup's path could not be copied: the event went out with an empty path.
+    pub const READ_CGROUP_PATH: u32 = 11;
+    /// A forked process's ids could not be read: a unit's main process may count as a worker.
+    pub const READ_FORK: u32 = 12;
+    /// `SENDERS` refused an update: a fatal signal's sender is missing from its death.
+    pub const MAP_SENDERS: u32 = 13;
+    /// `OOM_VICTIMS` refused an update: an OOM kill is reported as a plain SIGKILL.
+    pub const MAP_OOM_VICTIMS: u32 = 14;
+    /// `SPAWNED` refused an update: a unit's main process may count as a worker.
+    pub const MAP_SPAWNED: u32 = 15;
+    /// `LAST_RECLAIM` refused an update: an OOM's constraint (memcg or global) may be unknown.
+    pub const MAP_LAST_RECLAIM: u32 = 16;
+    pub const COUNT: u32 = 17;
+
+    /// The failure kinds, in order: every index but [`EMITTED`] and the retired 2 and 3.
+    pub const ERRORS: [u32; 14] = [
+        RINGBUF_FULL,
+        RINGBUF_FULL_CGROUP,
+        READ_EXIT_STATUS,
+        READ_TASK,
+        READ_SIGNAL,
+        READ_OOM_FIELDS,
+        READ_MEMCG,
+        READ_CGROUP,
+        READ_CGROUP_PATH,
+        READ_FORK,
+        MAP_SENDERS,
+        MAP_OOM_VICTIMS,
+        MAP_SPAWNED,
+        MAP_LAST_RECLAIM,
+    ];
+
+    /// The stable name of a counter: the `kind` label of its metric, the word in the logs (the
+    /// kernel programs' own included).
+    #[must_use]
+    pub const fn name(index: u32) -> &'static str {
+        match index {
+            EMITTED => "emitted",
+            RINGBUF_FULL => "ringbuf_full_death",
+            RINGBUF_FULL_CGROUP => "ringbuf_full_cgroup",
+            READ_EXIT_STATUS => "read_exit_status",
+            READ_TASK => "read_task",
+            READ_SIGNAL => "read_signal",
+            READ_OOM_FIELDS => "read_oom_fields",
+            READ_MEMCG => "read_memcg",
+            READ_CGROUP => "read_cgroup",
+            READ_CGROUP_PATH => "read_cgroup_path",
+            READ_FORK => "read_fork",
+            MAP_SENDERS => "map_senders",
+            MAP_OOM_VICTIMS => "map_oom_victims",
+            MAP_SPAWNED => "map_spawned",
+            MAP_LAST_RECLAIM => "map_last_reclaim",
+            _ => "retired",
+        }
+    }
+
+    /// A failed read of kernel memory (`read_*`), rather than a full ring or a refused map update.
+    #[must_use]
+    pub const fn is_read(index: u32) -> bool {
+        matches!(index, READ_EXIT_STATUS..=READ_FORK)
+    }
+
+    /// A map that refused an update (`map_*`).
+    #[must_use]
+    pub const fn is_map(index: u32) -> bool {
+        matches!(index, MAP_SENDERS..=MAP_LAST_RECLAIM)
+    }
 }
 
 /// Header of every ring-buffer record.
@@ -418,6 +503,28 @@ unsafe impl aya::Pod for CgroupEvent {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counter_kinds_have_one_name_each() {
+        let mut names = [""; counter::ERRORS.len()];
+        for (slot, kind) in names.iter_mut().zip(counter::ERRORS) {
+            assert!(kind < counter::COUNT);
+            assert_ne!(counter::name(kind), "retired", "{kind}");
+            assert!(
+                counter::is_read(kind)
+                    || counter::is_map(kind)
+                    || counter::name(kind).starts_with("ringbuf_full"),
+                "{kind}"
+            );
+            *slot = counter::name(kind);
+        }
+        for (i, a) in names.iter().enumerate() {
+            assert!(!names[i + 1..].contains(a), "{a} twice");
+        }
+        assert_eq!(counter::name(2), "retired");
+        assert_eq!(counter::name(3), "retired");
+        assert_eq!(counter::ERRORS.len() as u32, counter::COUNT - 3);
+    }
 
     #[test]
     fn flag_bits_do_not_overlap() {

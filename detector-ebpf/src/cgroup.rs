@@ -16,7 +16,7 @@ use detector_common::{CGROUP_PATH_LEN, CgroupEvent, EventHeader, counter, event_
 
 use crate::{
     kernel::{Error, offset},
-    maps::{EVENTS, count},
+    maps::{EVENTS, fail},
 };
 
 #[tracepoint]
@@ -35,8 +35,8 @@ pub(crate) fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
 fn field<T>(ctx: &TracePointContext, at: u64) -> Result<T, Error> {
     // SAFETY: `at` is an offset inside this event's record, from its `format` file.
     unsafe { ctx.read_at::<T>(at as usize) }.map_err(|_| {
-        count(counter::KERNEL_READ);
-        Error::Kernel
+        fail(counter::READ_CGROUP);
+        Error::Counted
     })
 }
 
@@ -50,8 +50,8 @@ fn try_cgroup(ctx: &TracePointContext, kind: u32) -> Result<(), Error> {
     let level: i32 = field(ctx, offset!(cg_level)?)?;
     let loc: u32 = field(ctx, offset!(cg_path)?)?;
     let Some(mut entry) = EVENTS.reserve::<CgroupEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return Err(Error::Kernel);
+        fail(counter::RINGBUF_FULL_CGROUP);
+        return Err(Error::Counted);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` is a reserved, writable slot of `size_of::<CgroupEvent>()` bytes; every
@@ -70,7 +70,7 @@ fn try_cgroup(ctx: &TracePointContext, kind: u32) -> Result<(), Error> {
             Ok(bytes) if bytes.len() + 1 < CGROUP_PATH_LEN => bytes.len() as u32,
             Ok(_) => CGROUP_PATH_LEN as u32,
             Err(_) => {
-                count(counter::KERNEL_READ);
+                fail(counter::READ_CGROUP_PATH);
                 0
             }
         };

@@ -20,11 +20,13 @@ use aya_ebpf::{
     macros::{fentry, raw_tracepoint},
     programs::{FEntryContext, RawTracePointContext},
 };
-use detector_common::{DeathEvent, EventHeader, SenderKey, counter, death_flags, event_kind};
+use detector_common::{
+    DeathEvent, EventHeader, SenderKey, counter, death_flags, event_kind, oom_fields,
+};
 
 use crate::{
-    kernel::{Error, current_cgroup_id, now_ns, offset, read, read_bytes},
-    maps::{EVENTS, LAST_DEATH, OOM_VICTIMS, SENDERS, SPAWNED, WAKEUP, WATCH, count},
+    kernel::{Error, counted, current_cgroup_id, now_ns, offset, read, read_bytes},
+    maps::{EVENTS, LAST_DEATH, OOM_VICTIMS, SENDERS, SPAWNED, WAKEUP, WATCH, count, fail},
 };
 
 /// `SIGNAL_GROUP_EXIT` in include/linux/sched/signal.h: a group exit (exit_group, fatal signal,
@@ -70,15 +72,15 @@ fn wait_status(task: u64) -> Result<u32, Error> {
 
 #[inline(always)]
 fn try_group_dead(task: u64) -> Result<(), Error> {
-    let status = wait_status(task)?;
+    let status = counted(wait_status(task), counter::READ_EXIT_STATUS)?;
     // Clean exits are the common case by far; they never leave the kernel.
     if status == 0 {
         return Ok(());
     }
     let ktime_ns = now_ns();
     let Some(mut entry) = EVENTS.reserve::<DeathEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return Err(Error::Kernel);
+        fail(counter::RINGBUF_FULL);
+        return Err(Error::Counted);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at a reserved, writable ring-buffer slot of `size_of::<DeathEvent>()`
@@ -100,13 +102,13 @@ fn try_group_dead(task: u64) -> Result<(), Error> {
         (*event).sender = core::mem::zeroed();
         (*event).oom = core::mem::zeroed();
         // A failed read leaves zeros and is counted; the death is still reported.
-        let _ = fill(task, &mut *event);
+        let _ = counted(fill(task, &mut *event), counter::READ_TASK);
     }
     let (wake, deferred) = wakeup(ktime_ns);
     // SAFETY: as above; the slot is still ours until `submit`.
     unsafe { (*event).flags |= deferred };
     entry.submit(wake);
-    count(counter::EMITTED);
+    let _ = count(counter::EMITTED);
     Ok(())
 }
 
@@ -154,6 +156,11 @@ fn fill(task: u64, event: &mut DeathEvent) -> Result<(), Error> {
             // SAFETY: as above.
             event.oom = unsafe { *oom };
             event.flags |= death_flags::OOM;
+            if event.oom.fields & oom_fields::MEMCG == 0 {
+                // Rare (an OOM kill whose memory cgroup could not be read); logged here, not in
+                // `oom.rs`: see `maps::fail_quietly`.
+                aya_log_ebpf::debug!(&(), "oom: victim {} died without its memory cgroup", tgid);
+            }
             let _ = OOM_VICTIMS.remove(key);
             break;
         }

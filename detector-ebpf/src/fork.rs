@@ -12,8 +12,8 @@ use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use detector_common::counter;
 
 use crate::{
-    kernel::{Error, offset, read},
-    maps::{SPAWNED, WATCH, count},
+    kernel::{Error, counted, offset, read},
+    maps::{SPAWNED, WATCH, fail},
 };
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
@@ -33,18 +33,18 @@ fn try_fork(parent: u64, child: u64) -> Result<(), Error> {
     if manager == 0 {
         return Ok(());
     }
-    let parent_tgid: u32 = read(parent, offset!(task_tgid)?)?;
+    let parent_tgid: u32 = counted(read(parent, offset!(task_tgid)?), counter::READ_FORK)?;
     if parent_tgid != manager {
         return Ok(());
     }
-    let pid: u32 = read(child, offset!(task_pid)?)?;
-    let tgid: u32 = read(child, offset!(task_tgid)?)?;
+    let pid: u32 = counted(read(child, offset!(task_pid)?), counter::READ_FORK)?;
+    let tgid: u32 = counted(read(child, offset!(task_tgid)?), counter::READ_FORK)?;
     // A thread of the manager itself is not a process it spawned.
     if pid != tgid {
         return Ok(());
     }
     SPAWNED.insert(tgid, 1, 0).map_err(|_| {
-        count(counter::MAP_UPDATE);
-        Error::Kernel
+        fail(counter::MAP_SPAWNED);
+        Error::Counted
     })
 }

@@ -67,12 +67,37 @@ pub(crate) static WATCH: Array<Watch> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static REPORTED: Array<u64> = Array::with_max_entries(counter::COUNT, 0);
 
-/// Adds one to a per-CPU counter.
+/// Adds one to a per-CPU counter; returns its new value on this CPU (0 if the slot is missing).
 #[inline(always)]
-pub(crate) fn count(index: u32) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+pub(crate) fn count(index: u32) -> u64 {
+    match COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot is only touched by programs on this CPU, and BPF programs do not
         // preempt each other on one CPU for these hook types.
-        unsafe { *slot += 1 };
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    }
+}
+
+/// Counts a failure of `kind` without a kernel message: for `oom.rs`, whose `mark_victim`
+/// program the 6.1 verifier rejects with aya-log's code in it (its rare path is logged at the
+/// death instead, by `exit`).
+#[inline(always)]
+pub(crate) fn fail_quietly(kind: u32) {
+    let _ = count(kind);
+}
+
+/// Counts a failure of `kind` (one of [`detector_common::counter`]), and says so through
+/// aya-log the 1st, 2nd, 4th, 8th... time on this CPU: the first of a kind is always seen, a
+/// storm of failures logs a few dozen lines, never one per event. Off unless the daemon runs at
+/// debug: the loader sets `AYA_LOG_LEVEL` (read-only data, so the verifier drops the logging
+/// code as dead when it is 0).
+#[inline(always)]
+pub(crate) fn fail(kind: u32) {
+    let n = count(kind);
+    if n.is_power_of_two() {
+        aya_log_ebpf::debug!(&(), "{} failed ({} on this CPU)", counter::name(kind), n);
     }
 }

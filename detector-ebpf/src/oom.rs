@@ -29,7 +29,7 @@ use detector_common::{OomInfo, counter, oom_constraint, oom_fields};
 
 use crate::{
     kernel::{Error, now_ns, offset, read},
-    maps::{LAST_RECLAIM, OOM_VICTIMS, count},
+    maps::{LAST_RECLAIM, OOM_VICTIMS, fail_quietly},
 };
 
 #[inline(always)]
@@ -38,7 +38,7 @@ fn note_reclaim(kind: u32) {
         .insert(bpf_get_current_pid_tgid(), kind, 0)
         .is_err()
     {
-        count(counter::MAP_UPDATE);
+        fail_quietly(counter::MAP_LAST_RECLAIM);
     }
 }
 
@@ -74,7 +74,7 @@ fn field<T: Default>(
         *fields |= bit;
         value
     } else {
-        count(counter::KERNEL_READ);
+        fail_quietly(counter::READ_OOM_FIELDS);
         T::default()
     }
 }
@@ -94,7 +94,7 @@ fn current_memcg(info: &mut OomInfo) -> Result<(), Error> {
     // SAFETY: a probe read of a kernel string; a bad pointer fails, it never faults.
     if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut info.memcg_name) }.is_err()
     {
-        count(counter::KERNEL_READ);
+        fail_quietly(counter::READ_MEMCG);
     }
     info.fields |= oom_fields::MEMCG;
     Ok(())
@@ -136,12 +136,15 @@ fn try_mark_victim(ctx: &TracePointContext) -> Result<(), Error> {
         info.constraint = unsafe { *kind };
     }
     // Missing offsets or a failed read leave the memcg out; the victim is still reported.
-    let _ = current_memcg(&mut info);
+    // A failed read is counted; `exit` logs the victim without a memcg at its death.
+    if let Err(Error::Read) = current_memcg(&mut info) {
+        fail_quietly(counter::READ_MEMCG);
+    }
     // The OOM killer picks a process (a thread-group leader) and marks the thread of it that still
     // has an mm: the leader itself unless the leader already exited, so key by the marked thread;
     // `exit` looks under the group id and then under its own thread id.
     OOM_VICTIMS.insert(info.victim_tid, info, 0).map_err(|_| {
-        count(counter::MAP_UPDATE);
-        Error::Kernel
+        fail_quietly(counter::MAP_OOM_VICTIMS);
+        Error::Counted
     })
 }

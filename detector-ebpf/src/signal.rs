@@ -14,8 +14,8 @@ use aya_ebpf::{
 use detector_common::{SenderKey, SignalSender, counter};
 
 use crate::{
-    kernel::{Error, now_ns, offset, read},
-    maps::{SENDERS, count},
+    kernel::{Error, counted, now_ns, offset, read},
+    maps::{SENDERS, fail},
 };
 
 /// `enum trace_signal_result` (include/trace/events/signal.h): the signal was queued, or queued
@@ -60,12 +60,15 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), Error> {
         SEND_SIG_NOINFO => (SI_USER, 1),
         SEND_SIG_PRIV => (SI_KERNEL, 1),
         info => {
-            let code = read::<i32>(info, offset!(siginfo_code)?)?;
+            let code = counted(
+                read::<i32>(info, offset!(siginfo_code)?),
+                counter::READ_SIGNAL,
+            )?;
             (code, u32::from(code > 0))
         }
     };
     let target: u64 = ctx.arg(2);
-    let tgid: u32 = read(target, offset!(task_tgid)?)?;
+    let tgid: u32 = counted(read(target, offset!(task_tgid)?), counter::READ_SIGNAL)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let sender = SignalSender {
         ktime_ns: now_ns(),
@@ -80,7 +83,7 @@ fn try_signal_generate(ctx: &RawTracePointContext) -> Result<(), Error> {
     SENDERS
         .insert(SenderKey { tgid, signo }, sender, 0)
         .map_err(|_| {
-            count(counter::MAP_UPDATE);
-            Error::Kernel
+            fail(counter::MAP_SENDERS);
+            Error::Counted
         })
 }

@@ -28,6 +28,7 @@ use crate::{
         clock::{self, Clock},
         counters::{Counters, Lost},
         decode::{Event, decode},
+        log as kernel_log,
         overlap::Overlap,
         privileges,
         probes::{self, Attached, Backlog, Probes},
@@ -222,8 +223,9 @@ impl Pipeline {
             emitted = totals.emitted,
             received = self.received,
             lost = totals.lost,
-            read_failures = totals.read_failures,
-            map_failures = totals.map_failures,
+            read_failures = totals.read_failures(),
+            map_failures = totals.map_failures(),
+            kernel_errors = %totals.summary(),
             undecodable = self.undecodable,
             deferred = self.deferred_records,
             coalesced_folded = coalesced.folded,
@@ -292,6 +294,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         backlog,
         overlap,
         reattached,
+        logger,
         attached,
     } = probes::load(&probes::Options {
         ringbuf_bytes: options.ringbuf_bytes,
@@ -311,6 +314,10 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
     // Before any other thread starts (capabilities are per thread, and inherited).
     let kept = privileges::drop_all_but_kept()?;
     tracing::info!(kept = ?kept, "dropped every other capability");
+    // Kernel messages at debug: a task on this runtime, no thread (capabilities are per thread).
+    if let Some(logger) = logger {
+        kernel_log::spawn(logger);
+    }
     // SAFETY: `Ring` owns its map fd; it stays open and unchanged until the `AsyncFd` (which
     // owns the `Ring`) is dropped.
     let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -475,10 +482,14 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                     pipeline.dispatcher.coalesced(),
                     pipeline.dispatcher.outbox().dropped(),
                 );
+                let (cgroups, recovery) =
+                    (pipeline.cgroups.cache_sizes(), pipeline.dispatcher.cache_sizes());
+                pipeline.sinks.metrics().caches(&[cgroups.as_slice(), recovery.as_slice()].concat());
                 if pipeline.overlap.as_ref().is_some_and(|o| !o.open(clock::monotonic_ns())) {
                     pipeline.overlap = None;
                 }
                 pipeline.cgroups.sweep(std::time::Instant::now());
+                pipeline.dispatcher.sweep();
             }
             Some(notice) = incidents.recv() => {
                 pipeline.sinks.notice(&notice);

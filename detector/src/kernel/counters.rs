@@ -1,6 +1,8 @@
-//! The kernel programs' per-CPU failure counters (`COUNTERS`): records lost to a full ring
-//! buffer, failed kernel reads, failed map updates. Reported within a second of changing, and in
-//! the summary at shutdown: a loss is never silent.
+//! The kernel programs' per-CPU failure counters (`COUNTERS`), one per kind
+//! (`detector_common::counter`): records lost to a full ring buffer, which kernel structure could
+//! not be read, which map refused an update. Reported within a second of changing (logged under
+//! their kind, exported as `detector_kernel_errors_total{kind}`), and in the summary at shutdown:
+//! a loss is never silent.
 //!
 //! What was reported is written back into the `REPORTED` map. With pinned maps the counters
 //! outlive the daemon, so the next daemon starts from what the last one reported: a loss while no
@@ -10,15 +12,17 @@ use aya::maps::{Array, MapData, PerCpuArray};
 use detector_common::counter;
 use serde::Serialize;
 
-const NAMES: [(u32, &str); 4] = [
-    (counter::EMITTED, "emitted"),
-    (counter::RINGBUF_FULL, "lost_ringbuf_full"),
-    (counter::KERNEL_READ, "kernel_read_failures"),
-    (counter::MAP_UPDATE, "map_update_failures"),
-];
+/// The counters read, in order: the records written, then every failure kind.
+const KINDS: usize = 1 + counter::ERRORS.len();
 
-/// Sums of the per-CPU counters, with the per-CPU split of the ones that matter.
-type Snapshot = [(u64, Vec<u64>); 4];
+fn indexes() -> [u32; KINDS] {
+    let mut all = [counter::EMITTED; KINDS];
+    all[1..].copy_from_slice(&counter::ERRORS);
+    all
+}
+
+/// Sums of the per-CPU counters, with the per-CPU split, in the order of [`indexes`].
+type Snapshot = [(u64, Vec<u64>); KINDS];
 
 /// Deaths the kernel programs could not hand over, as a record of their own on the records'
 /// stream (`"kind": "lost"`), so that a consumer of the records sees the gap.
@@ -58,14 +62,53 @@ pub(crate) struct Counters {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Totals {
     pub emitted: u64,
+    /// Death records lost to a full ring buffer (also in [`Totals::errors`]).
     pub lost: u64,
-    pub read_failures: u64,
-    pub map_failures: u64,
+    /// Every failure kind (`detector_common::counter::ERRORS`) and its total.
+    pub errors: [(u32, u64); counter::ERRORS.len()],
+}
+
+impl Totals {
+    /// Failed reads of kernel memory, all kinds together.
+    #[must_use]
+    pub(crate) fn read_failures(&self) -> u64 {
+        self.sum(counter::is_read)
+    }
+
+    /// Refused map updates, all maps together.
+    #[must_use]
+    pub(crate) fn map_failures(&self) -> u64 {
+        self.sum(counter::is_map)
+    }
+
+    fn sum(&self, which: fn(u32) -> bool) -> u64 {
+        self.errors
+            .iter()
+            .filter(|(kind, _)| which(*kind))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// The kinds that happened, `name=total` separated by spaces; `none` when none did.
+    #[must_use]
+    pub(crate) fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .errors
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(kind, n)| format!("{}={n}", counter::name(*kind)))
+            .collect();
+        if parts.is_empty() {
+            "none".to_owned()
+        } else {
+            parts.join(" ")
+        }
+    }
 }
 
 impl Counters {
     pub(crate) fn new(map: PerCpuArray<MapData, u64>, reported: Array<MapData, u64>) -> Self {
-        let previous = NAMES.map(|(index, _)| (reported.get(&index, 0).unwrap_or(0), Vec::new()));
+        let previous = indexes().map(|index| (reported.get(&index, 0).unwrap_or(0), Vec::new()));
         Self {
             map,
             reported,
@@ -73,31 +116,33 @@ impl Counters {
         }
     }
 
-    /// Logs the failure counters that grew since the last report, and returns the deaths lost
-    /// since then, if any.
+    /// Logs the failure counters that grew since the last report, each under its kind, and
+    /// returns the deaths lost since then, if any.
     pub(crate) fn report(&mut self) -> Option<Lost> {
         let now = read(&self.map);
         let mut lost = None;
-        for ((index, name), ((total, per_cpu), (was, _))) in
-            NAMES.iter().zip(now.iter().zip(self.previous.iter()))
+        for (index, ((total, per_cpu), (was, _))) in indexes()
+            .into_iter()
+            .zip(now.iter().zip(self.previous.iter()))
         {
             if total == was {
                 continue;
             }
-            if *index != counter::EMITTED && total > was {
+            let name = counter::name(index);
+            if index != counter::EMITTED && total > was {
                 tracing::warn!(
-                    counter = name,
+                    kind = name,
                     new = total - was,
                     total,
                     per_cpu = ?per_cpu,
                     "kernel programs report failures"
                 );
             }
-            if *index == counter::RINGBUF_FULL && total > was {
+            if index == counter::RINGBUF_FULL && total > was {
                 lost = Some(Lost::new(total - was, "ring_buffer_full"));
             }
-            if let Err(e) = self.reported.set(*index, total, 0) {
-                tracing::warn!(counter = name, error = %e, "cannot record what was reported");
+            if let Err(e) = self.reported.set(index, total, 0) {
+                tracing::warn!(kind = name, error = %e, "cannot record what was reported");
             }
         }
         self.previous = now;
@@ -113,27 +158,59 @@ impl Counters {
     /// The totals as of the last report (for the metrics).
     #[must_use]
     pub(crate) fn totals(&self) -> Totals {
-        let [
-            (emitted, _),
-            (lost_total, _),
-            (read_failures, _),
-            (map_failures, _),
-        ] = &self.previous;
-        Totals {
-            emitted: *emitted,
-            lost: *lost_total,
-            read_failures: *read_failures,
-            map_failures: *map_failures,
-        }
+        totals(&self.previous)
     }
 }
 
+fn totals(snapshot: &Snapshot) -> Totals {
+    let mut totals = Totals::default();
+    for (index, (total, _)) in indexes().into_iter().zip(snapshot.iter()) {
+        if index == counter::EMITTED {
+            totals.emitted = *total;
+        } else if let Some(slot) = counter::ERRORS.iter().position(|k| *k == index) {
+            totals.errors[slot] = (index, *total);
+        }
+        if index == counter::RINGBUF_FULL {
+            totals.lost = *total;
+        }
+    }
+    totals
+}
+
 fn read(map: &PerCpuArray<MapData, u64>) -> Snapshot {
-    NAMES.map(|(index, name)| match map.get(&index, 0) {
+    indexes().map(|index| match map.get(&index, 0) {
         Ok(values) => (values.iter().sum(), values.to_vec()),
         Err(e) => {
-            tracing::warn!(counter = name, error = %e, "cannot read kernel counter");
+            tracing::warn!(kind = counter::name(index), error = %e, "cannot read kernel counter");
             (0, Vec::new())
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use detector_common::counter;
+
+    use super::{KINDS, Snapshot, indexes, totals};
+
+    #[test]
+    fn totals_name_every_kind_and_sum_reads_and_maps() {
+        let mut snapshot: Snapshot = std::array::from_fn(|_| (0, Vec::new()));
+        for (slot, index) in snapshot.iter_mut().zip(indexes()) {
+            slot.0 = u64::from(index) * 10;
+        }
+        let t = totals(&snapshot);
+        assert_eq!(t.emitted, 0);
+        assert_eq!(t.lost, u64::from(counter::RINGBUF_FULL) * 10);
+        assert_eq!(t.errors.len(), KINDS - 1);
+        assert!(t.errors.iter().all(|(kind, n)| *n == u64::from(*kind) * 10));
+        // read_exit_status .. read_fork: 5..=12; map_*: 13..=16.
+        assert_eq!(t.read_failures(), (5..=12).sum::<u64>() * 10);
+        assert_eq!(t.map_failures(), (13..=16).sum::<u64>() * 10);
+        assert!(
+            t.summary()
+                .starts_with("ringbuf_full_death=10 ringbuf_full_cgroup=40 ")
+        );
+        assert_eq!(super::Totals::default().summary(), "none");
+    }
 }

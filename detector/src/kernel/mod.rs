@@ -1,6 +1,6 @@
 //! Stage 1, the kernel side seen from userspace: load and attach the programs with this kernel's
 //! offsets (read from BTF and tracefs at load time), read the ring buffer, decode its records, and
-//! read the per-CPU failure counters.
+//! read the per-CPU failure counters, and (at debug) the programs' own messages.
 //!
 //! - In: the kernel object embedded by `build.rs`, `/sys/kernel/btf/vmlinux`, tracefs formats,
 //!   ring-buffer bytes.
@@ -14,6 +14,7 @@ pub(crate) mod btf;
 pub(crate) mod clock;
 pub(crate) mod counters;
 pub(crate) mod decode;
+pub(crate) mod log;
 mod maps;
 mod offsets;
 pub(crate) mod overlap;

@@ -37,6 +37,7 @@ use crate::kernel::{
     btf::Btf,
     clock,
     counters::Counters,
+    log::{self, Logger},
     maps::{self, Maps, map_error},
     offsets,
     pins::{self, PinDir, Stamp},
@@ -133,6 +134,8 @@ pub(crate) struct Probes {
     pub overlap: Option<(u64, u64)>,
     /// The programs were found pinned and running, not loaded now.
     pub reattached: bool,
+    /// The programs' own messages, when this daemon shows them (debug) and loaded them.
+    pub logger: Option<Logger>,
     /// Hold it as long as the daemon runs.
     pub attached: Attached,
 }
@@ -213,12 +216,14 @@ fn fresh(
     watch: &Watch,
     pins: Option<&Path>,
     hooks: &mut Hooks,
-) -> Result<(Ebpf, Maps), ProbeError> {
+) -> Result<(Ebpf, Maps, Option<Logger>), ProbeError> {
+    let log_level = log::level();
     // No CO-RE relocations to apply (offsets come in `OFFSETS`), so aya needs no target BTF.
     let mut ebpf = EbpfLoader::new()
         .btf(None)
         .override_global("OFFSETS", &kernel.offsets, true)
         .override_global("WAKEUP", &options.wakeup, true)
+        .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries("EVENTS", options.ringbuf_bytes)
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
@@ -234,6 +239,7 @@ fn fresh(
         }
     }
     let mut maps = Maps::take(&mut ebpf)?;
+    let logger = log::take(&mut ebpf, log_level);
     // Before the fork program runs: it reads the manager from here.
     maps.watch.set(0, watch, 0).map_err(map_error("WATCH"))?;
     let mut attach = Attacher {
@@ -276,7 +282,7 @@ fn fresh(
             Err(e) => hooks.degraded.push(format!("{OOM_DEGRADED}: {e}")),
         }
     }
-    Ok((ebpf, maps))
+    Ok((ebpf, maps, logger))
 }
 
 /// Checks the host, then loads and attaches the programs, or reattaches to pinned ones.
@@ -309,20 +315,28 @@ pub(crate) fn load(options: &Options) -> Result<Probes, ProbeError> {
         })
         .transpose()?;
     let attach_start = clock::monotonic_ns();
-    let (mut maps, ebpf, reattached) = match &generation {
-        Some((dir, true)) => (
-            maps::reattach(dir, &watch, options, &mut hooks)?,
-            None,
-            true,
-        ),
+    let (mut maps, ebpf, logger, reattached) = match &generation {
+        Some((dir, true)) => {
+            if log::level() != 0 {
+                tracing::info!(
+                    "no kernel messages: the pinned programs keep the log level and the log ring of the daemon that loaded them"
+                );
+            }
+            (
+                maps::reattach(dir, &watch, options, &mut hooks)?,
+                None,
+                None,
+                true,
+            )
+        }
         Some((dir, false)) => {
-            let (_, maps) = fresh(kernel, options, &watch, Some(dir), &mut hooks)?;
+            let (_, maps, logger) = fresh(kernel, options, &watch, Some(dir), &mut hooks)?;
             pins::mark_ready(dir)?;
-            (maps, None, false)
+            (maps, None, logger, false)
         }
         None => {
-            let (ebpf, maps) = fresh(kernel, options, &watch, None, &mut hooks)?;
-            (maps, Some(ebpf), false)
+            let (ebpf, maps, logger) = fresh(kernel, options, &watch, None, &mut hooks)?;
+            (maps, Some(ebpf), logger, false)
         }
     };
     if let Some(manager) = options.manager_pid.and_then(|p| u32::try_from(p).ok())
@@ -359,6 +373,7 @@ pub(crate) fn load(options: &Options) -> Result<Probes, ProbeError> {
         backlog,
         overlap,
         reattached,
+        logger,
         attached: Attached {
             _ebpf: ebpf,
             _pins: pins,

@@ -66,6 +66,17 @@ impl Dispatcher {
         }
     }
 
+    /// Lets go of what finished incidents left in the recovery's tracks (each second).
+    pub(crate) fn sweep(&self) {
+        self.recovery.sweep();
+    }
+
+    /// How many entries each of the recovery's caches holds, by name.
+    #[must_use]
+    pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 4] {
+        self.recovery.cache_sizes()
+    }
+
     /// SIGHUP: reads the configuration file again. A good one is in force for every later
     /// decision (policies, cause rules, journal lines), its units are checked against systemd,
     /// and the liveness and unit-state watchers start again if the units changed. A bad one

@@ -27,7 +27,10 @@ mod workers;
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -83,6 +86,9 @@ pub(crate) struct Recovery {
     dialer: netns::Dialer,
     health: HealthBoard,
     coalesced: Mutex<Coalesced>,
+    /// The state watcher's table sizes (units not at rest, last failures handled), for the
+    /// metrics: every cache has a bound, and this shows it.
+    states: (AtomicUsize, AtomicUsize),
 }
 
 /// How a unit failed, for what recovering it takes.
@@ -124,7 +130,40 @@ impl Recovery {
             dialer,
             health: HealthBoard::default(),
             coalesced: Mutex::default(),
+            states: (AtomicUsize::new(0), AtomicUsize::new(0)),
         }
+    }
+
+    /// The state watcher's table sizes, as it last said.
+    pub(crate) fn note_states(&self, states: usize, handled: usize) {
+        self.states.0.store(states, Ordering::Relaxed);
+        self.states.1.store(handled, Ordering::Relaxed);
+    }
+
+    /// How many entries each of the recovery's caches holds, by name (each has a bound).
+    #[must_use]
+    pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 4] {
+        let tracks = self
+            .units
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        // A bus being replaced is skipped for this once; the next second says.
+        let paths = self
+            .bus
+            .try_lock()
+            .ok()
+            .and_then(|bus| bus.as_ref().map(|b| b.cached_paths()))
+            .unwrap_or(0);
+        [
+            ("unit_tracks", tracks),
+            ("unit_object_paths", paths),
+            ("unit_states", self.states.0.load(Ordering::Relaxed)),
+            (
+                "unit_failures_handled",
+                self.states.1.load(Ordering::Relaxed),
+            ),
+        ]
     }
 
     /// The units' last health verdicts, for reporting.

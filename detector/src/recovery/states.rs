@@ -35,6 +35,9 @@ use crate::{
 const RECONNECT: Duration = Duration::from_secs(5);
 /// How long a state change waits for a death's incident that may still be on its way.
 const SETTLE: Duration = Duration::from_millis(200);
+/// Most units whose last state (and last handled failure) the watcher keeps: one per unit not at
+/// rest, which a host has far fewer of.
+const MAX_STATES: usize = 4096;
 
 /// Starts the watcher in `tasks` when the configuration lists units (the units it watches are
 /// those, and any a death was seen in).
@@ -141,7 +144,7 @@ impl Watcher {
         // The last (ActiveState, SubState) each unit was seen in: systemd sends every property of
         // the interface with each change (a restart job appearing repeats `auto-restart`), so only a
         // change of state is acted on.
-        let mut states: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        let mut states = States::new();
         let bus = Systemd::connect(recovery.root())
             .await
             .map_err(|e| e.to_string())?;
@@ -207,7 +210,9 @@ impl Watcher {
             let sub = string(changed.get("SubState"));
             let state = (active.clone(), sub.clone());
             tracing::debug!(unit, ?active, ?sub, "unit states: a change");
-            if states.insert(unit.clone(), state.clone()).as_ref() == Some(&state) {
+            let new = note(&mut states, &unit, state);
+            self.recovery.note_states(states.len(), self.handled.len());
+            if !new {
                 continue;
             }
             if active.as_deref() != Some("failed") && sub.as_deref() != Some("auto-restart") {
@@ -248,6 +253,11 @@ impl Watcher {
         if self.handled.get(&unit) == Some(&invocation) {
             return;
         }
+        if self.handled.len() >= MAX_STATES && !self.handled.contains_key(&unit) {
+            // Past the bound, the oldest memory is no better than any: start over. A failed run
+            // seen again after that is still covered by `Recovery::had_incident`.
+            self.handled.clear();
+        }
         self.handled.insert(unit.clone(), invocation.clone());
         let Ok(slot) = Arc::clone(&self.runs).try_acquire_owned() else {
             if !self.recovery.had_incident(&unit, invocation.as_deref()) {
@@ -282,6 +292,29 @@ impl Watcher {
         });
         tokio::spawn(async move { super::dispatch::report(task.await, "a failed run's task") });
     }
+}
+
+/// A unit's last (ActiveState, SubState).
+type States = HashMap<String, (Option<String>, Option<String>)>;
+
+/// Notes `unit`'s `state`; true when it is a change worth looking at.
+fn note(states: &mut States, unit: &str, state: (Option<String>, Option<String>)) -> bool {
+    // A unit at rest needs no memory of its state (inactive is never acted on): a template's
+    // instances, started and gone by the thousand, leave nothing behind.
+    if state.0.as_deref() == Some("inactive") {
+        states.remove(unit);
+        return false;
+    }
+    if states.len() >= MAX_STATES && !states.contains_key(unit) {
+        // Failed units systemd collected never go inactive here. Forgetting them all costs at
+        // most one repeated signal acted on again, which `handled` dedups.
+        states.clear();
+    }
+    if states.get(unit) == Some(&state) {
+        return false;
+    }
+    states.insert(unit.to_owned(), state);
+    true
 }
 
 fn opened(unit: &str, invocation: Option<String>) -> Incident {

@@ -134,6 +134,15 @@ pub(super) fn hex(bytes: &[u8]) -> Option<String> {
 }
 
 impl Systemd {
+    /// How many units' object paths are kept (at most [`MAX_PATHS`]).
+    #[must_use]
+    pub(crate) fn cached_paths(&self) -> usize {
+        self.paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     /// Connects to the system bus of the systemd whose files are at `root`.
     pub async fn connect(root: &Path) -> Result<Self, ActionError> {
         let socket = root

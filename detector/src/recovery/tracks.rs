@@ -66,6 +66,17 @@ impl Track {
 }
 
 impl Recovery {
+    /// Lets go of the finished incidents the tracks still hold: each is a whole incident,
+    /// journal lines and all, and a unit that never fails again (a template's instance) would
+    /// keep its last one until its track goes. Called each second by the main loop; the same
+    /// as what each use of a track does first.
+    pub(crate) fn sweep(&self) {
+        let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
+        for track in units.values_mut() {
+            track.owned.retain(|(_, p)| p.is_open());
+        }
+    }
+
     fn with_track<T>(&self, unit: &str, f: impl FnOnce(&mut Track) -> T) -> T {
         let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
         if units.len() >= MAX_UNITS && !units.contains_key(unit) {

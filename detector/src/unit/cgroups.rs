@@ -34,6 +34,9 @@ const CACHE_MAX: usize = 16 * 1024;
 /// How long a removed cgroup's path is kept: records are read within milliseconds of a death,
 /// so this only has to outlast a backlog.
 pub(crate) const REMOVED_GRACE: Duration = Duration::from_mins(1);
+/// Bound on the cgroups known ahead of need (those alive, and those removed within
+/// [`REMOVED_GRACE`]); past it the removed ones are forgotten at once.
+const KNOWN_MAX: usize = 16 * 1024;
 /// How often the cgroups believed alive are checked against the kernel.
 const RECHECK: Duration = Duration::from_mins(1);
 
@@ -165,6 +168,22 @@ impl CgroupResolver {
         }
     }
 
+    /// How many entries its caches hold: paths resolved by id (at most [`CACHE_MAX`] per
+    /// hierarchy), and cgroups known ahead of need (those alive, and those removed less than
+    /// [`REMOVED_GRACE`] ago).
+    #[must_use]
+    pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 2] {
+        let resolved = [&self.unified, &self.memory_v1]
+            .into_iter()
+            .flatten()
+            .map(|h| h.cache.len())
+            .sum();
+        [
+            ("cgroup_paths", resolved),
+            ("cgroups_known", self.known.len()),
+        ]
+    }
+
     /// Learns every cgroup2 directory that exists now; returns how many.
     pub(crate) fn scan(&mut self) -> usize {
         let Some(root) = self.unified.as_ref().map(|h| h.mount_point.clone()) else {
@@ -220,10 +239,20 @@ impl CgroupResolver {
         );
     }
 
-    /// A cgroup2 directory was removed: keep its path for [`REMOVED_GRACE`].
+    /// A cgroup2 directory was removed: keep its path for [`REMOVED_GRACE`], but close its
+    /// directory now. Every death in it was read before this record: its last process's exit
+    /// reserved its record in the ring buffer before the cgroup could be emptied and removed, and
+    /// the ring hands records out in the order they were reserved. Keeping the fd for the grace
+    /// too cost one open fd per unit run in the last minute: thousands on a host that starts
+    /// transient units by the hundred a second.
     pub(crate) fn removed(&mut self, id: u64) {
         if let Some(known) = self.known.get_mut(&id) {
             known.removed = Some(Instant::now());
+            known.dir = None;
+        }
+        if self.known.len() > KNOWN_MAX {
+            // Past the bound, the removed ones go before their grace is over.
+            self.known.retain(|_, k| k.removed.is_none());
         }
     }
 
@@ -380,6 +409,28 @@ mod tests {
         );
         r.sweep(now + REMOVED_GRACE + Duration::from_secs(1));
         assert_eq!(r.cgroup_path(7), None, "forgotten after it");
+    }
+
+    #[test]
+    fn known_cgroups_have_a_bound_however_fast_units_come_and_go() {
+        let mut r = CgroupResolver {
+            unified: None,
+            memory_v1: None,
+            known: HashMap::new(),
+            manager_root: "/".into(),
+            checked: Instant::now(),
+        };
+        r.created(1, Some("/system.slice/alive.service".into()));
+        for id in 2..(2 * KNOWN_MAX as u64) {
+            r.created(id, Some(format!("/system.slice/soak@{id}.service")));
+            r.removed(id);
+            assert!(r.known.len() <= KNOWN_MAX + 1, "{}", r.known.len());
+        }
+        assert_eq!(
+            r.cgroup_path(1).as_deref(),
+            Some("/system.slice/alive.service"),
+            "a live cgroup is never forgotten"
+        );
     }
 
     #[test]

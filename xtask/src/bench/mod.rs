@@ -301,12 +301,12 @@ pub(crate) fn kernel(daemon: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The restart, workers and load benchmarks, run by `restart-bench`, `workers-bench` and
-/// `load-bench` from the tests crate, which has the machine
-/// and daemon harness.
+/// The restart, workers, load and soak benchmarks, run by `restart-bench`, `workers-bench`,
+/// `load-bench` and `soak-bench` from the tests crate, which has the machine and daemon harness.
+/// The soak's size comes from `SOAK_CYCLES`, `SOAK_DEATHS` and `SOAK_ROUNDS` (see its file).
 pub(crate) fn restart(daemon: &Path, machine_root: &Path) -> Result<()> {
     build_helper("victim")?;
-    for bench in ["restart-bench", "workers-bench", "load-bench"] {
+    for bench in ["restart-bench", "workers-bench", "load-bench", "soak-bench"] {
         crate::run(
             Command::new(build_helper(bench)?)
                 .env("DETECTOR_BIN", daemon)

@@ -84,6 +84,19 @@ struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    /// `detector_common::counter::name`: `ringbuf_full_death`, `read_task`, `map_senders`, ...
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    /// `cgroup_paths`, `cgroups_known`, `unit_tracks`, `unit_object_paths`, `unit_states`,
+    /// `unit_failures_handled`, `metric_names`.
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -96,6 +109,8 @@ struct Kernel {
     read_failures: Counter,
     map_failures: Counter,
     undecodable: Counter,
+    /// Every failure kind, exported at 0 from the start.
+    errors: Family<ErrorLabels, Counter>,
 }
 
 /// A sink's count of what it delivered and what it had to drop.
@@ -120,6 +135,7 @@ pub(crate) struct Metrics {
     notices_dropped: Family<NoticeLabels, Counter>,
     deliveries: Family<SinkLabels, Counter>,
     drops: Family<SinkLabels, Counter>,
+    caches: Family<CacheLabels, Gauge>,
     board: HealthBoard,
 }
 
@@ -148,6 +164,7 @@ impl Metrics {
             notices_dropped: Family::default(),
             deliveries: Family::default(),
             drops: Family::default(),
+            caches: Family::default(),
             board,
             registry,
         }
@@ -191,36 +208,12 @@ impl Metrics {
             "1 if the unit's last health check (liveness or after a restart) passed, else 0",
             self.healthy.clone(),
         );
-        let k = &self.kernel;
-        for (name, help, counter) in [
-            (
-                "events",
-                "Records the kernel programs wrote to the ring buffer",
-                &k.emitted,
-            ),
-            (
-                "events_lost",
-                "Records the kernel programs could not write: the ring buffer was full",
-                &k.lost,
-            ),
-            (
-                "kernel_read_failures",
-                "Failed reads of kernel memory in the kernel programs",
-                &k.read_failures,
-            ),
-            (
-                "kernel_map_update_failures",
-                "Failed map updates in the kernel programs",
-                &k.map_failures,
-            ),
-            (
-                "events_undecodable",
-                "Ring-buffer records the daemon could not decode",
-                &k.undecodable,
-            ),
-        ] {
-            r.register(name, help, counter.clone());
-        }
+        register_kernel(r, &self.kernel);
+        r.register(
+            "cache_entries",
+            "Entries in each of the daemon's caches (every one has a bound; see the README)",
+            self.caches.clone(),
+        );
         r.register(
             "incidents_coalesced",
             "Failures that opened no incident of their own, a bound being reached: folded into \
@@ -300,12 +293,29 @@ impl Metrics {
         for (counter, total) in [
             (&k.emitted, totals.emitted),
             (&k.lost, totals.lost),
-            (&k.read_failures, totals.read_failures),
-            (&k.map_failures, totals.map_failures),
+            (&k.read_failures, totals.read_failures()),
+            (&k.map_failures, totals.map_failures()),
             (&k.undecodable, undecodable),
         ] {
             // Only this call adds to them, so the difference is what is new.
             counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        for (kind, total) in totals.errors {
+            let counter = k.errors.get_or_create(&ErrorLabels {
+                kind: detector_common::counter::name(kind),
+            });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// The daemon's cache sizes now (read each second by the main loop); `metric_names` is the
+    /// metrics' own.
+    pub(crate) fn caches(&self, sizes: &[(&'static str, usize)]) {
+        let names = ("metric_names", self.names.len());
+        for (cache, size) in sizes.iter().chain(std::iter::once(&names)) {
+            self.caches
+                .get_or_create(&CacheLabels { cache })
+                .set(i64::try_from(*size).unwrap_or(i64::MAX));
         }
     }
 
@@ -360,4 +370,47 @@ impl Metrics {
         }
         text
     }
+}
+
+/// The kernel programs' counters, by what went wrong.
+fn register_kernel(r: &mut Registry, k: &Kernel) {
+    for (name, help, counter) in [
+        (
+            "events",
+            "Records the kernel programs wrote to the ring buffer",
+            &k.emitted,
+        ),
+        (
+            "events_lost",
+            "Records the kernel programs could not write: the ring buffer was full",
+            &k.lost,
+        ),
+        (
+            "kernel_read_failures",
+            "Failed reads of kernel memory in the kernel programs",
+            &k.read_failures,
+        ),
+        (
+            "kernel_map_update_failures",
+            "Failed map updates in the kernel programs",
+            &k.map_failures,
+        ),
+        (
+            "events_undecodable",
+            "Ring-buffer records the daemon could not decode",
+            &k.undecodable,
+        ),
+    ] {
+        r.register(name, help, counter.clone());
+    }
+    for kind in detector_common::counter::ERRORS {
+        let _ = k.errors.get_or_create(&ErrorLabels {
+            kind: detector_common::counter::name(kind),
+        });
+    }
+    r.register(
+        "kernel_errors",
+        "Failures in the kernel programs, by kind (see the README's list of kinds)",
+        k.errors.clone(),
+    );
 }

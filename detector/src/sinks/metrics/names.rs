@@ -42,7 +42,8 @@ impl Names {
         let Some(unit) = unit else {
             return NONE.to_owned();
         };
-        if self.config.policy(unit).is_some() {
+        let policy = self.config.policy(unit);
+        if policy.is_some_and(|p| p.name == unit) {
             return unit.to_owned();
         }
         let mut named = self.named.lock().unwrap_or_else(PoisonError::into_inner);
@@ -53,7 +54,18 @@ impl Names {
             named.insert(unit.to_owned());
             return unit.to_owned();
         }
-        OTHER.to_owned()
+        // Instances come and go (a template started 10,000 times over a month): past the
+        // limit, a listed template's instances share its name, others are `other`.
+        policy.map_or_else(|| OTHER.to_owned(), |p| p.name.clone())
+    }
+
+    /// How many units were given their own name (the bound is `max_units`).
+    #[must_use]
+    pub(crate) fn len(&self) -> usize {
+        self.named
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
@@ -80,16 +92,31 @@ mod tests {
         assert_eq!(of("c.service"), OTHER);
         assert_eq!(of("a.service"), "a.service");
         assert_eq!(of("b.scope"), "b.scope");
-        // Listed units and a listed template's instances never fold.
-        for unit in [
-            "web.service",
-            "app@1.service",
-            "app@2.service",
-            "app@3.service",
-        ] {
-            assert_eq!(of(unit), unit);
+        // Listed units never fold; a listed template's instances fold to the template.
+        assert_eq!(of("web.service"), "web.service");
+        for unit in ["app@1.service", "app@2.service", "app@3.service"] {
+            assert_eq!(of(unit), "app@.service");
         }
         assert_eq!(names.of(None), NONE);
+        assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn template_instances_keep_their_name_while_there_is_room() {
+        let config = config::parse(
+            "c.toml",
+            "[[unit]]\nname = \"app@.service\"\n[metrics]\nmax_units = 2\n",
+        )
+        .expect("valid");
+        let names = Names::new(Arc::new(config));
+        assert_eq!(names.of(Some("app@1.service")), "app@1.service");
+        assert_eq!(names.of(Some("app@2.service")), "app@2.service");
+        assert_eq!(names.of(Some("app@1.service")), "app@1.service");
+        // Started again and again, instances never grow the label set past the bound.
+        for n in 3..10_000 {
+            assert_eq!(names.of(Some(&format!("app@{n}.service"))), "app@.service");
+        }
+        assert_eq!(names.len(), 2);
     }
 
     #[test]

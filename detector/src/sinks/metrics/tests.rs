@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
+use detector_common::counter;
 use serde_json::Value;
 
 use super::Metrics;
@@ -13,6 +14,19 @@ use crate::{
     kernel::counters::Totals,
     recovery::HealthBoard,
 };
+
+/// Kernel failure totals: 3 lost deaths, 4 failed task reads, 1 refused sender update.
+fn errors() -> [(u32, u64); counter::ERRORS.len()] {
+    counter::ERRORS.map(|kind| {
+        let n = match kind {
+            counter::RINGBUF_FULL => 3,
+            counter::READ_TASK => 4,
+            counter::MAP_SENDERS => 1,
+            _ => 0,
+        };
+        (kind, n)
+    })
+}
 
 /// Metrics for a configuration listing `web.service`.
 pub(crate) fn metrics() -> Metrics {
@@ -73,6 +87,22 @@ fn value(text: &str, series: &str) -> Option<String> {
 }
 
 #[test]
+fn cache_sizes_are_gauges_with_the_names_own() {
+    let metrics = metrics();
+    let _ = metrics.names.of(Some("a.service"));
+    metrics.caches(&[("cgroup_paths", 12), ("unit_tracks", 3)]);
+    metrics.caches(&[("cgroup_paths", 5), ("unit_tracks", 3)]);
+    let text = metrics.encode();
+    for (series, want) in [
+        (r#"detector_cache_entries{cache="cgroup_paths"}"#, "5"),
+        (r#"detector_cache_entries{cache="unit_tracks"}"#, "3"),
+        (r#"detector_cache_entries{cache="metric_names"}"#, "1"),
+    ] {
+        assert_eq!(value(&text, series).as_deref(), Some(want), "{series}");
+    }
+}
+
+#[test]
 fn the_exposition_counts_what_happened() {
     let metrics = metrics();
     metrics.death(&record(Some("web.service"), Some("SIGKILL")));
@@ -100,7 +130,7 @@ fn the_exposition_counts_what_happened() {
         Totals {
             emitted: 9,
             lost: 3,
-            ..Totals::default()
+            errors: errors(),
         },
         1,
     );
@@ -144,7 +174,15 @@ fn the_exposition_counts_what_happened() {
         ("detector_events_total", "9"),
         ("detector_events_lost_total", "3"),
         ("detector_events_undecodable_total", "1"),
-        ("detector_kernel_read_failures_total", "0"),
+        ("detector_kernel_read_failures_total", "4"),
+        ("detector_kernel_map_update_failures_total", "1"),
+        (r#"detector_kernel_errors_total{kind="read_task"}"#, "4"),
+        (
+            r#"detector_kernel_errors_total{kind="ringbuf_full_death"}"#,
+            "3",
+        ),
+        (r#"detector_kernel_errors_total{kind="map_senders"}"#, "1"),
+        (r#"detector_kernel_errors_total{kind="read_memcg"}"#, "0"),
         (r#"detector_sink_drops_total{sink="history"}"#, "1"),
         (r#"detector_sink_deliveries_total{sink="history"}"#, "0"),
         (
