@@ -10,7 +10,6 @@ use std::{
         mpsc,
     },
     thread,
-    time::{Duration, Instant},
 };
 
 use super::{Account, Options, Reader, Request, causes};
@@ -37,14 +36,6 @@ const READERS: usize = 4;
 /// Requests waiting for a reader. Past this, a death's incident goes out without journal lines,
 /// and says so: the ring buffer and the recoveries never wait on the journal.
 const QUEUE: usize = 1024;
-/// A reader closes its journal handle after this many requests, once it is this old, or after
-/// this long without a request, and opens a fresh one for the next. sd-journal keeps what it read
-/// of the journal files mapped for as long as the handle lives: on a busy host that grows with
-/// the journal file up to its rotation (the soak benchmark saw 120 MB, counted in the daemon's
-/// RSS, on a machine whose journal is on tmpfs).
-const FRESH_EVERY: u32 = 256;
-const FRESH_AGE: Duration = Duration::from_mins(1);
-const FRESH_AFTER_IDLE: Duration = Duration::from_secs(30);
 
 /// The journal readers, as the rest of the daemon sees them.
 #[derive(Clone)]
@@ -153,28 +144,10 @@ pub(crate) fn spawn(options: &Options) -> Readers {
                     journal: None,
                     last_error: String::new(),
                 };
-                let mut served: u32 = 0;
-                let mut since = Instant::now();
                 loop {
                     // The lock is held only while taking one request.
-                    let next = rx
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .recv_timeout(FRESH_AFTER_IDLE);
-                    let request = match next {
-                        Ok(request) => request,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            reader.journal = None;
-                            since = Instant::now();
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                    };
-                    served = served.wrapping_add(1);
-                    if served.is_multiple_of(FRESH_EVERY) || since.elapsed() >= FRESH_AGE {
-                        reader.journal = None;
-                        since = Instant::now();
-                    }
+                    let next = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(request) = next else { return };
                     let handled =
                         std::panic::catch_unwind(AssertUnwindSafe(|| reader.handle(request)));
                     if let Err(panic) = handled {
