@@ -71,6 +71,30 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The machine's PID 1 among `nspawn`'s descendants: the process that is PID 1 in its own pid
+/// namespace (`NSpid: HOSTPID 1`). systemd-nspawn's first child is not it (it forks the machine's
+/// init from there): entering that child's namespaces reaches no systemd.
+fn machine_init(nspawn: u32) -> Option<u32> {
+    let mut look = children(nspawn);
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for pid in look {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let nspid: Vec<&str> = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .map(|l| l.split_whitespace().collect())
+                .unwrap_or_default();
+            if nspid.len() >= 2 && nspid.last() == Some(&"1") {
+                return Some(pid);
+            }
+            next.extend(children(pid));
+        }
+        look = next;
+    }
+    None
+}
+
 impl Machine {
     /// Boots the machine with `units` (file name, contents) installed, and waits until systemd
     /// reports the boot finished.
@@ -137,7 +161,7 @@ impl Machine {
             .unwrap_or_else(|e| panic!("cannot start systemd-nspawn: {e}"));
         let started = Instant::now();
         let leader = loop {
-            if let Some(&pid) = children(nspawn.id()).first() {
+            if let Some(pid) = machine_init(nspawn.id()) {
                 break pid;
             }
             assert!(

@@ -172,6 +172,11 @@ impl Recovery {
         let open = self.newest_open(unit);
         if let (Some(open), Some(record)) = (&open, record) {
             open.with(|i| i.add_death(record));
+            // Its run's failure, as systemd then reports it, is in that incident too: the state
+            // watcher opens none for it.
+            self.with_track(unit, |track| {
+                track.remember(record.invocation_id.as_deref());
+            });
         }
         let total = {
             let mut coalesced = self
