@@ -38,10 +38,6 @@ pub mod death_flags {
     /// death, this survives reparenting: a supervisor's orphaned workers are reparented to the
     /// manager, but the manager did not fork them.
     pub const SPAWNED: u32 = 1 << 2;
-    /// Submitted without waking the reader: deaths were dense on this CPU (see [`crate::Wakeup`]).
-    /// The reader that reads one must come back soon by itself, for the deaths after it may
-    /// wake nobody either.
-    pub const DEFERRED: u32 = 1 << 3;
 }
 
 /// Bits of [`OomInfo::fields`]: which figures the running kernel provided. Kernels without the 6.8
@@ -297,36 +293,6 @@ const _: () = assert!(size_of::<Watch>() == 24);
 // SAFETY: `Watch` is `repr(C)` with its padding spelled out, valid for any bit pattern.
 unsafe impl aya::Pod for Watch {}
 
-/// How the exit program wakes the reader, set by the loader (`WAKEUP`). A ring-buffer wakeup
-/// costs the reader a context switch (some 20 µs of CPU on a small VM), so sparse deaths wake it at
-/// once and dense ones are batched:
-/// - at least `batch_bytes` unread: wake it whatever else holds (`BPF_RB_FORCE_WAKEUP`);
-/// - else, a death less than `dense_ns` after the previous one on the same CPU: no wakeup
-///   (`BPF_RB_NO_WAKEUP`), and the record says so ([`death_flags::DEFERRED`]);
-/// - else the kernel's own rule: wake the reader if it has read everything before this record.
-///
-/// <https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/ringbuf.c> (`bpf_ringbuf_commit`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Wakeup {
-    pub batch_bytes: u64,
-    pub dense_ns: u64,
-}
-
-impl Wakeup {
-    /// The kernel's own rule for every record: what a build without tunables would do.
-    pub const KERNEL: Self = Self {
-        batch_bytes: u64::MAX,
-        dense_ns: 0,
-    };
-}
-
-const _: () = assert!(size_of::<Wakeup>() == 16);
-
-#[cfg(feature = "user")]
-// SAFETY: `Wakeup` is `repr(C)` with two u64 fields and no padding, valid for any bit pattern.
-unsafe impl aya::Pod for Wakeup {}
-
 const _: () = assert!(size_of::<EventHeader>() == 8);
 const _: () = assert!(size_of::<SignalSender>() == 48);
 const _: () = assert!(size_of::<OomInfo>() == 152);
@@ -341,7 +307,7 @@ pub const RECORD_VERSION: u32 = 1;
 
 /// `(size, alignment)` of each shared type, in a fixed order. The kernel object exports the same
 /// table as the `DETECTOR_LAYOUTS` symbol, built by the BPF compiler; a daemon test compares the two.
-pub const LAYOUTS: [u32; 16] = [
+pub const LAYOUTS: [u32; 14] = [
     size_of::<EventHeader>() as u32,
     align_of::<EventHeader>() as u32,
     size_of::<SignalSender>() as u32,
@@ -356,8 +322,6 @@ pub const LAYOUTS: [u32; 16] = [
     align_of::<CgroupEvent>() as u32,
     size_of::<Watch>() as u32,
     align_of::<Watch>() as u32,
-    size_of::<Wakeup>() as u32,
-    align_of::<Wakeup>() as u32,
 ];
 
 /// How many field names follow: for the length of [`FIELD_OFFSETS`].
@@ -391,7 +355,6 @@ field_offsets! {
     CgroupEvent { header, id, level, path_len, path }
     Watch { manager_tgid, pad0, pidns_dev, pidns_ino }
     SenderKey { tgid, signo }
-    Wakeup { batch_bytes, dense_ns }
 }
 
 /// Key of the pending-signal map: one slot per (thread group, signal) so that a later harmless

@@ -16,7 +16,6 @@
 //! kernel reads keeps us right on both sides of that change.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::{fentry, raw_tracepoint},
     programs::{FEntryContext, RawTracePointContext},
 };
@@ -26,7 +25,7 @@ use detector_common::{
 
 use crate::{
     kernel::{Error, counted, current_cgroup_id, now_ns, offset, read, read_bytes},
-    maps::{EVENTS, LAST_DEATH, OOM_VICTIMS, SENDERS, SPAWNED, WAKEUP, WATCH, count, fail},
+    maps::{EVENTS, OOM_VICTIMS, SENDERS, SPAWNED, WATCH, count, fail},
 };
 
 /// `SIGNAL_GROUP_EXIT` in include/linux/sched/signal.h: a group exit (exit_group, fatal signal,
@@ -104,32 +103,12 @@ fn try_group_dead(task: u64) -> Result<(), Error> {
         // A failed read leaves zeros and is counted; the death is still reported.
         let _ = counted(fill(task, &mut *event), counter::READ_TASK);
     }
-    let (wake, deferred) = wakeup(ktime_ns);
-    // SAFETY: as above; the slot is still ours until `submit`.
-    unsafe { (*event).flags |= deferred };
-    entry.submit(wake);
+    // Default flags: the kernel wakes the reader only if it has read everything before this
+    // record, so a busy reader is not woken again for each death of a storm.
+    // <https://github.com/torvalds/linux/blob/v6.18/kernel/bpf/ringbuf.c> (`bpf_ringbuf_commit`).
+    entry.submit(0);
     let _ = count(counter::EMITTED);
     Ok(())
-}
-
-/// The ring-buffer flag for a death submitted at `now`, and the record flag that goes with it
-/// (see [`detector_common::Wakeup`] for the rule and why).
-#[inline(always)]
-fn wakeup(now: u64) -> (u64, u32) {
-    let tunables = WAKEUP.load();
-    let previous = LAST_DEATH.get_ptr_mut(0).map_or(0, |last| {
-        // SAFETY: this CPU's slot of a per-CPU array; programs on one CPU do not preempt each
-        // other for these hook types, so nothing else touches it meanwhile.
-        unsafe { core::mem::replace(&mut *last, now) }
-    });
-    // Unread bytes, this record included (the producer position moved at reserve time).
-    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= tunables.batch_bytes {
-        (u64::from(BPF_RB_FORCE_WAKEUP), 0)
-    } else if previous != 0 && now.wrapping_sub(previous) < tunables.dense_ns {
-        (u64::from(BPF_RB_NO_WAKEUP), death_flags::DEFERRED)
-    } else {
-        (0, 0)
-    }
 }
 
 #[inline(always)]

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
-use detector_common::{Offsets, OomInfo, SenderKey, SignalSender, Wakeup, Watch, counter};
+use detector_common::{Offsets, OomInfo, SenderKey, SignalSender, Watch, counter};
 
 /// Death records to userspace. The loader may resize it (`--ringbuf-bytes`).
 #[map]
@@ -35,18 +35,6 @@ pub(crate) static LAST_RECLAIM: LruHashMap<u64, u32> = LruHashMap::with_max_entr
 // object has that name.
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: Global<Offsets> = Global::new(Offsets::ABSENT);
-
-/// When to wake the ring buffer's reader (see [`Wakeup`]), set by the loader. A global, frozen
-/// at load: pinned programs keep the tunables of the daemon that loaded them, and a daemon with
-/// other tunables loads a new generation (they are part of the pins' build stamp).
-// SAFETY: the loader finds this global by its unmangled name to set it; no other symbol in the
-// object has that name.
-#[unsafe(no_mangle)]
-pub(crate) static WAKEUP: Global<Wakeup> = Global::new(Wakeup::KERNEL);
-
-/// When this CPU last submitted a death record (`bpf_ktime_get_ns`), for [`WAKEUP`]'s density.
-#[map]
-pub(crate) static LAST_DEATH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Processes the watched manager forked itself, by thread group, until their death. LRU: a
 /// process whose death is never seen (a clean exit is filtered before the lookup) must not pin

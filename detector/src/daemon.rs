@@ -11,7 +11,6 @@ mod memory;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use detector_common::{Wakeup, death_flags};
 use sd_notify::NotifyState;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -44,10 +43,6 @@ use crate::{
     unit::{cgroups::CgroupResolver, manager, roles::Roles},
 };
 
-/// After a record the kernel submitted without waking us (deaths were dense, see
-/// `detector_common::Wakeup`), read again this soon even if nothing wakes us: the records after
-/// it may not, until a batch fills.
-const DEFERRED_READ: Duration = Duration::from_millis(1);
 /// At most this many records per read: past it, the loop serves its other work (signals, the
 /// watchdog, a recovery) and comes back at once, so that a storm the daemon cannot outrun does
 /// not hold everything else.
@@ -62,8 +57,6 @@ const JOURNAL_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub ringbuf_bytes: u32,
-    /// When the exit program wakes the daemon.
-    pub wakeup: Wakeup,
     /// Where the watched systemd instance's files are (`/`, `/host`, `/proc/PID/root`).
     pub root: PathBuf,
     /// How many journal lines an incident carries (unless a unit's policy says).
@@ -88,16 +81,10 @@ struct Pipeline {
     overlap: Option<Overlap>,
     received: u64,
     undecodable: u64,
-    /// The last death read was submitted without a wakeup: read again after [`DEFERRED_READ`].
-    deferred: bool,
-    /// Deaths submitted without a wakeup, for the summary.
-    deferred_records: u64,
     /// The last read stopped with records left (a bound, or a recovery that should run first):
     /// read again as soon as the loop has served the rest. No wakeup would come for them: the
     /// kernel wakes a reader only once it has caught up.
     more: bool,
-    /// Records were read since the deferred read was last armed.
-    read_since_armed: bool,
 }
 
 impl Pipeline {
@@ -165,9 +152,6 @@ impl Pipeline {
                             }
                         }
                         self.received += 1;
-                        self.deferred = event.flags & death_flags::DEFERRED != 0;
-                        self.deferred_records += u64::from(self.deferred);
-                        self.read_since_armed = true;
                         let mut record = correlate(&event);
                         self.cgroups.enrich(&mut record);
                         self.roles.assign(&mut record);
@@ -227,7 +211,6 @@ impl Pipeline {
             map_failures = totals.map_failures(),
             kernel_errors = %totals.summary(),
             undecodable = self.undecodable,
-            deferred = self.deferred_records,
             coalesced_folded = coalesced.folded,
             coalesced_unopened = coalesced.unopened,
             notices_folded = notices.opened,
@@ -298,7 +281,6 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         attached,
     } = probes::load(&probes::Options {
         ringbuf_bytes: options.ringbuf_bytes,
-        wakeup: options.wakeup,
         manager_pid,
         pin_dir: options.pin_dir.clone(),
     })?;
@@ -359,10 +341,7 @@ async fn start(options: &Options) -> anyhow::Result<Started> {
         overlap: overlap.map(Overlap::new),
         received: 0,
         undecodable: 0,
-        deferred: false,
-        deferred_records: 0,
         more: false,
-        read_since_armed: false,
     };
     // After the probes: a cgroup created during the scan is also in the ring buffer.
     let known = pipeline.cgroups.scan();
@@ -450,15 +429,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
     // pins loses nothing.
     let watchdog = sd_notify::watchdog_enabled();
     let mut ping = tokio::time::interval(watchdog.map_or(Duration::from_hours(1), |d| d / 2));
-    let deferred_read = tokio::time::sleep(DEFERRED_READ);
-    tokio::pin!(deferred_read);
     loop {
-        // A read whose last record came without a wakeup: come back even if none comes.
-        if pipeline.deferred && std::mem::take(&mut pipeline.read_since_armed) {
-            deferred_read
-                .as_mut()
-                .reset(tokio::time::Instant::now() + DEFERRED_READ);
-        }
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
@@ -466,10 +437,6 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 pipeline.drain(guard.get_inner_mut());
             }
             () = std::future::ready(()), if pipeline.more => {
-                pipeline.drain(ring.get_mut());
-            }
-            () = &mut deferred_read, if pipeline.deferred => {
-                pipeline.deferred = false;
                 pipeline.drain(ring.get_mut());
             }
             _ = tick.tick() => {

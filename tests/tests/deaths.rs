@@ -268,45 +268,6 @@ fn memcg_oom_kill() {
     assert_eq!(oom["oom_score_adj"], 0, "{record}");
 }
 
-/// Deaths the kernel submits without waking the daemon (dense on their CPU) are still read, by
-/// the daemon coming back on its own. With a density of a whole second and batches too large to
-/// fill, every death after the first on a CPU is such a death (these take well under a second);
-/// with density 0, none is.
-#[test]
-fn deaths_submitted_without_a_wakeup_are_still_read() {
-    for (dense_us, deferred) in [("1000000", true), ("0", false)] {
-        let daemon =
-            Daemon::start_with(&["--wakeup-dense-us", dense_us, "--wakeup-batch", "65536"]);
-        // However many CPUs: at least eight deaths follow another on their CPU.
-        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let pids: Vec<u32> = (0..cpus + 8)
-            .map(|_| run(Command::new("sh").args(["-c", "exit 3"])).0)
-            .collect();
-        for pid in &pids {
-            let record = daemon.record_for(*pid);
-            assert_eq!(record["exit_code"], 3, "dense {dense_us} µs: {record}");
-        }
-        let (_, stderr) = daemon.stop();
-        let summary = stderr
-            .iter()
-            .find(|l| l.contains("detector stopped"))
-            .expect("summary");
-        let count: u64 = summary
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("deferred="))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no deferred= in the summary: {summary}"));
-        if deferred {
-            assert!(
-                count >= 8,
-                "dense {dense_us} µs: {count} deferred: {summary}"
-            );
-        } else {
-            assert_eq!(count, 0, "dense {dense_us} µs: {summary}");
-        }
-    }
-}
-
 #[test]
 fn storm_of_10000_failures_each_reported_once() {
     const N: usize = 10_000;

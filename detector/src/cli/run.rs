@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use detector_common::{DeathEvent, Wakeup};
-
 use crate::{config, daemon, sinks::Output};
 
 /// `--output`: where records and incidents go.
@@ -28,16 +26,6 @@ pub(super) struct Args {
     /// storm, and what a restart of the daemon (with `--pin-dir`) can bridge.
     #[arg(long, default_value_t = 1 << 20, value_parser = parse_ringbuf_bytes)]
     ringbuf_bytes: u32,
-    /// Deaths closer than this (µs) to the previous one on the same CPU do not wake the daemon
-    /// each: they are read in batches (see `--wakeup-batch`), and a record that arrives alone
-    /// after them is read within a millisecond. 0: wake at every death the daemon has not yet
-    /// caught up with, as the kernel does by default.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
-    wakeup_dense_us: u64,
-    /// Wake the daemon whatever the rate once this many records wait unread (at most a quarter
-    /// of the ring buffer).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65_536))]
-    wakeup_batch: u64,
     /// Scheduling niceness for the daemon (-20..=19). Below 0 by default so that records stay
     /// prompt when the host's CPUs are saturated, which is when processes tend to die.
     #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
@@ -75,16 +63,6 @@ fn parse_ringbuf_bytes(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
-/// The exit program's wakeup tunables from the options.
-fn wakeup(ringbuf_bytes: u32, dense_us: u64, batch: u64) -> Wakeup {
-    // A death record's slot: the record, then the ring's 8-byte header, 8-byte aligned.
-    let slot = (size_of::<DeathEvent>() as u64).next_multiple_of(8) + 8;
-    Wakeup {
-        batch_bytes: (batch * slot).min(u64::from(ringbuf_bytes) / 4),
-        dense_ns: dense_us * 1000,
-    }
-}
-
 /// The daemon keeps a directory open per live unit cgroup (see `unit::cgroups`): lift the soft
 /// limit on open files to the hard one.
 fn raise_fd_limit() {
@@ -112,8 +90,6 @@ fn set_nice(nice: i32) {
 pub(super) fn run(args: Args) -> anyhow::Result<()> {
     let Args {
         ringbuf_bytes,
-        wakeup_dense_us,
-        wakeup_batch,
         nice,
         root,
         journal_lines,
@@ -131,7 +107,6 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
     set_nice(nice);
     let options = daemon::Options {
         ringbuf_bytes,
-        wakeup: wakeup(ringbuf_bytes, wakeup_dense_us, wakeup_batch),
         root,
         journal_lines,
         config,
@@ -148,25 +123,4 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(daemon::run(options))
-}
-
-#[cfg(test)]
-mod tests {
-    use detector_common::{DeathEvent, Wakeup};
-
-    use super::wakeup;
-
-    #[test]
-    fn wakeup_batches_are_records_and_never_more_than_a_quarter_of_the_ring() {
-        let slot = size_of::<DeathEvent>() as u64 + 8;
-        assert_eq!(
-            wakeup(1 << 20, 20, 32),
-            Wakeup {
-                batch_bytes: 32 * slot,
-                dense_ns: 20_000,
-            }
-        );
-        // A small ring: the batch would not fit before the ring filled.
-        assert_eq!(wakeup(4096, 0, 32).batch_bytes, 1024);
-    }
 }

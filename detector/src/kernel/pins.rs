@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use detector_common::{LAYOUTS, Offsets, RECORD_VERSION, Wakeup};
+use detector_common::{LAYOUTS, Offsets, RECORD_VERSION};
 use nix::fcntl::{Flock, FlockArg};
 
 /// Where the packaged daemon pins (`/sys/fs/bpf` is where systemd mounts bpffs).
@@ -72,16 +72,9 @@ pub(crate) struct Stamp {
 
 impl Stamp {
     #[must_use]
-    pub(crate) fn new(
-        object: &[u8],
-        ringbuf_bytes: u32,
-        wakeup: Wakeup,
-        offsets: &Offsets,
-    ) -> Self {
+    pub(crate) fn new(object: &[u8], ringbuf_bytes: u32, offsets: &Offsets) -> Self {
         let mut build = fnv1a(FNV_OFFSET, object);
         build = fnv1a(build, &ringbuf_bytes.to_le_bytes());
-        build = fnv1a(build, &wakeup.batch_bytes.to_le_bytes());
-        build = fnv1a(build, &wakeup.dense_ns.to_le_bytes());
         build = fnv1a(build, format!("{offsets:?}").as_bytes());
         Self {
             record_abi: record_abi(),
@@ -278,46 +271,31 @@ pub(crate) fn unpin(root: &Path) -> Result<usize, PinError> {
 
 #[cfg(test)]
 mod tests {
-    use detector_common::{Offsets, Wakeup};
+    use detector_common::Offsets;
 
     use super::{Stamp, abi_of, record_abi};
 
     #[test]
     fn stamps_tell_builds_and_ring_sizes_apart() {
-        let a = Stamp::new(b"object", 1 << 21, Wakeup::KERNEL, &Offsets::ABSENT);
-        assert_eq!(
-            a,
-            Stamp::new(b"object", 1 << 21, Wakeup::KERNEL, &Offsets::ABSENT)
+        let a = Stamp::new(b"object", 1 << 21, &Offsets::ABSENT);
+        assert_eq!(a, Stamp::new(b"object", 1 << 21, &Offsets::ABSENT));
+        assert_ne!(
+            a.build,
+            Stamp::new(b"object2", 1 << 21, &Offsets::ABSENT).build
         );
         assert_ne!(
             a.build,
-            Stamp::new(b"object2", 1 << 21, Wakeup::KERNEL, &Offsets::ABSENT).build
-        );
-        assert_ne!(
-            a.build,
-            Stamp::new(b"object", 1 << 22, Wakeup::KERNEL, &Offsets::ABSENT).build
+            Stamp::new(b"object", 1 << 22, &Offsets::ABSENT).build
         );
         let mut offsets = Offsets::ABSENT;
         offsets.task_pid = 8;
-        assert_ne!(
-            a.build,
-            Stamp::new(b"object", 1 << 21, Wakeup::KERNEL, &offsets).build
-        );
-        // The wakeup tunables are globals frozen at load: other tunables, another generation.
-        let batched = Wakeup {
-            batch_bytes: 8192,
-            dense_ns: 20_000,
-        };
-        assert_ne!(
-            a.build,
-            Stamp::new(b"object", 1 << 21, batched, &Offsets::ABSENT).build
-        );
+        assert_ne!(a.build, Stamp::new(b"object", 1 << 21, &offsets).build);
         assert_eq!(a.record_abi, record_abi());
     }
 
     #[test]
     fn generation_names_carry_the_record_abi() {
-        let stamp = Stamp::new(b"object", 4096, Wakeup::KERNEL, &Offsets::ABSENT);
+        let stamp = Stamp::new(b"object", 4096, &Offsets::ABSENT);
         let name = stamp.dir_name();
         assert_eq!(abi_of(&name), Some(record_abi()), "{name}");
         assert_eq!(abi_of("gen-zz-1"), None);

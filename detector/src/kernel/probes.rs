@@ -29,7 +29,7 @@ use std::{
 };
 
 use aya::{Ebpf, EbpfLoader, programs::ProgramError};
-use detector_common::{ABSENT, Wakeup, Watch};
+use detector_common::{ABSENT, Watch};
 
 pub(crate) use crate::kernel::maps::Backlog;
 use crate::kernel::{
@@ -114,7 +114,6 @@ pub(crate) struct Hooks {
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub ringbuf_bytes: u32,
-    pub wakeup: Wakeup,
     /// The watched systemd's PID 1 in our pid namespace, when known.
     pub manager_pid: Option<i32>,
     /// Pin the programs here (bpffs) so that they outlive the daemon.
@@ -222,7 +221,6 @@ fn fresh(
     let mut ebpf = EbpfLoader::new()
         .btf(None)
         .override_global("OFFSETS", &kernel.offsets, true)
-        .override_global("WAKEUP", &options.wakeup, true)
         .override_global(aya_log::LEVEL, &log_level, true)
         .map_max_entries("EVENTS", options.ringbuf_bytes)
         .load(OBJECT)
@@ -305,14 +303,7 @@ pub(crate) fn load(options: &Options) -> Result<Probes, ProbeError> {
     let pins = options.pin_dir.as_deref().map(PinDir::open).transpose()?;
     let generation = pins
         .as_ref()
-        .map(|p| {
-            p.generation(Stamp::new(
-                OBJECT,
-                options.ringbuf_bytes,
-                options.wakeup,
-                &kernel.offsets,
-            ))
-        })
+        .map(|p| p.generation(Stamp::new(OBJECT, options.ringbuf_bytes, &kernel.offsets)))
         .transpose()?;
     let attach_start = clock::monotonic_ns();
     let (mut maps, ebpf, logger, reattached) = match &generation {
