@@ -379,15 +379,20 @@ fn unit_cgroup(cgroup: &str, units: &crate::unit::names::Units) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn removed_cgroups_are_named_for_a_grace_period() {
-        let mut r = CgroupResolver {
+    /// A resolver with no hierarchy to ask: only what the kernel's records tell it.
+    fn resolver() -> CgroupResolver {
+        CgroupResolver {
             unified: None,
             memory_v1: None,
             known: HashMap::new(),
             manager_root: "/".into(),
             checked: Instant::now(),
-        };
+        }
+    }
+
+    #[test]
+    fn removed_cgroups_are_named_for_a_grace_period() {
+        let mut r = resolver();
         r.created(7, Some("/system.slice/app.service".into()));
         r.created(8, None);
         assert_eq!(
@@ -413,13 +418,7 @@ mod tests {
 
     #[test]
     fn known_cgroups_have_a_bound_however_fast_units_come_and_go() {
-        let mut r = CgroupResolver {
-            unified: None,
-            memory_v1: None,
-            known: HashMap::new(),
-            manager_root: "/".into(),
-            checked: Instant::now(),
-        };
+        let mut r = resolver();
         r.created(1, Some("/system.slice/alive.service".into()));
         for id in 2..(2 * KNOWN_MAX as u64) {
             r.created(id, Some(format!("/system.slice/soak@{id}.service")));
