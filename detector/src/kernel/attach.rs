@@ -39,16 +39,19 @@ pub(crate) struct Attacher<'a> {
 }
 
 impl Attacher<'_> {
+    /// With pins, takes the program's link from it (`link`, only called then: a link taken out
+    /// of the program is no longer detached with it) and pins it.
     fn pin(
         pins: Option<&Path>,
         program: &'static str,
-        link: Result<FdLink, String>,
+        link: impl FnOnce() -> Result<FdLink, String>,
     ) -> Result<(), ProbeError> {
         let Some(dir) = pins else {
             return Ok(());
         };
         let path = pins::link_path(dir, program);
-        link.and_then(|link| link.pin(&path).map_err(|e| e.to_string()))
+        link()
+            .and_then(|link| link.pin(&path).map_err(|e| e.to_string()))
             .map(drop)
             .map_err(|detail| ProbeError::Pin {
                 program,
@@ -71,11 +74,11 @@ impl Attacher<'_> {
                 target: format!("raw tracepoint {tracepoint}"),
                 source,
             })?;
-        if self.pins.is_some() {
-            let link = prog.take_link(id).map(FdLink::from);
-            Self::pin(self.pins, name, link.map_err(|e| e.to_string()))?;
-        }
-        Ok(())
+        Self::pin(self.pins, name, || {
+            prog.take_link(id)
+                .map(FdLink::from)
+                .map_err(|e| e.to_string())
+        })
     }
 
     pub(crate) fn fentry(
@@ -91,11 +94,11 @@ impl Attacher<'_> {
             target: format!("fentry {function}"),
             source,
         })?;
-        if self.pins.is_some() {
-            let link = prog.take_link(id).map(FdLink::from);
-            Self::pin(self.pins, name, link.map_err(|e| e.to_string()))?;
-        }
-        Ok(())
+        Self::pin(self.pins, name, || {
+            prog.take_link(id)
+                .map(FdLink::from)
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// A classic tracepoint. Pinning its link needs a BPF perf link (kernel 5.15+); older
@@ -115,18 +118,15 @@ impl Attacher<'_> {
                 target: format!("tracepoint {category}:{event}"),
                 source,
             })?;
-        if self.pins.is_some() {
-            let link = prog
-                .take_link(id)
+        Self::pin(self.pins, name, || {
+            prog.take_link(id)
                 .map_err(|e| e.to_string())
                 .and_then(|link| {
                     FdLink::try_from(link).map_err(|e| {
                         format!("{e} (a pinnable perf link needs kernel 5.15 or later)")
                     })
-                });
-            Self::pin(self.pins, name, link)?;
-        }
-        Ok(())
+                })
+        })
     }
 
     pub(crate) fn oom(&mut self) -> Result<(), ProbeError> {
