@@ -6,6 +6,7 @@
 //! daemon gives back once started in [`memory`].
 
 mod memory;
+mod scheduling;
 mod start;
 
 use std::{path::PathBuf, time::Duration};
@@ -49,6 +50,8 @@ const JOURNAL_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub ringbuf_bytes: u32,
+    /// `SCHED_FIFO` priority of the loop once started (0: none); see [`scheduling`].
+    pub realtime_priority: u8,
     /// Where the watched systemd instance's files are (`/`, `/host`, `/proc/PID/root`).
     pub root: PathBuf,
     /// How many journal lines an incident carries (unless a unit's policy says).

@@ -67,6 +67,26 @@ fn show(machine: &Machine, property: &str) -> String {
     machine.show("detector.service", property)
 }
 
+/// A thread's scheduling policy and real-time priority, as the kernel shows them in
+/// /proc/PID/task/TID/stat (fields 41 and 40, see proc_pid_stat(5)).
+fn scheduling(machine: &Machine, pid: &str, tid: &str) -> (u32, u32) {
+    let stat = ok(machine, &["cat", &format!("/proc/{pid}/task/{tid}/stat")]);
+    // Fields after the command name, which may hold spaces: field 3 is the first.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap_or_else(|| panic!("no command name in {stat}"))
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| -> u32 {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| panic!("no field {n} in {stat}"))
+    };
+    (field(41), field(40))
+}
+
 /// The daemon's journal (its records and its log).
 fn journal(machine: &Machine) -> String {
     ok(
@@ -174,6 +194,24 @@ fn the_package_installs_verifies_and_runs_under_systemd() {
     });
     let status = machine.run(&["systemctl", "status", "detector", "--no-pager"]);
     eprintln!("{}", text(&status));
+    // Under the packaged unit the loop reads the ring buffer at SCHED_FIFO 1 (the unit has no
+    // RestrictRealtime=), and the threads it started later do not.
+    let pid = show(&machine, "MainPID");
+    assert_eq!(
+        scheduling(&machine, &pid, &pid),
+        (1, 1),
+        "the daemon's main thread is not SCHED_FIFO 1 (policy, priority)"
+    );
+    let threads = ok(&machine, &["ls", &format!("/proc/{pid}/task")]);
+    let later: Vec<&str> = threads.split_whitespace().filter(|t| *t != pid).collect();
+    assert!(!later.is_empty(), "the daemon has no other thread: {threads}");
+    for tid in later {
+        assert_eq!(
+            scheduling(&machine, &pid, tid).0,
+            0,
+            "thread {tid} of the daemon is not SCHED_OTHER"
+        );
+    }
 
     // A death in the machine is an entry in the unit's journal (under systemd, `--output auto`
     // writes journal entries, not JSON lines: their message is what `-o cat` shows).

@@ -104,6 +104,9 @@ pub(super) async fn start(options: &Options) -> anyhow::Result<Started> {
     let journal_sink = Sinks::journal(options.output, (&options.root, manager_pid));
     // Likewise the thread that makes health checks' sockets in the machine's network namespace.
     let dialer = recovery::netns::Dialer::start(manager_pid);
+    // After those two threads, which keep `--nice`, and while CAP_SYS_NICE is ours: this thread
+    // reads the ring buffer at real-time priority from here on, the threads made later do not.
+    super::scheduling::enter(options.realtime_priority);
     // Before any other thread starts (capabilities are per thread, and inherited).
     let kept = privileges::drop_all_but_kept()?;
     tracing::info!(kept = ?kept, "dropped every other capability");
