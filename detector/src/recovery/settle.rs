@@ -87,14 +87,23 @@ impl Systemd {
     ) -> Result<(), ActionError> {
         let err = |what| unit_error(unit, what);
         let path = self.path(unit).await?;
-        let mut changes = self.changes(unit, &path).await?;
-        let proxy = self.proxy::<UnitProxy<'static>>(unit, path).await?;
+        let proxy = self.proxy::<UnitProxy<'static>>(unit, path.clone()).await?;
+        // The subscription and the first read go out together: one round trip where waiting for
+        // the match first took two (0.5 to 5 ms each while systemd and the bus are busy with
+        // the death). `join!` polls the subscription first, which writes its AddMatch before the
+        // read is written, and dbus-daemon handles one connection's messages in order: the match
+        // is in place before systemd answers the read. Were a change missed anyway (the AddMatch
+        // held back behind a lock), the loop reads again within REAP_REREAD.
+        let (changes, first) = tokio::join!(self.changes(unit, &path), proxy.active_state());
+        let mut changes = changes?;
+        let mut first = Some(first);
         let stop_until = Instant::now() + STOP_WAIT;
         loop {
-            let state = proxy
-                .active_state()
-                .await
-                .map_err(err("read the state of"))?;
+            let state = match first.take() {
+                Some(read) => read,
+                None => proxy.active_state().await,
+            }
+            .map_err(err("read the state of"))?;
             let deadline = match state.as_str() {
                 "active" => until,
                 "deactivating" => stop_until,
