@@ -4,8 +4,9 @@
 //!
 //! The kernel part (`cargo xtask bench kernel` runs only it):
 //! - peers: a failing fork/exit storm on every core, in interleaved rounds, with no reader, with
-//!   a plain C libbpf ring-buffer reader (`xtask/peers`), with bpftrace counting and printing
-//!   each exit, and with detector: throughput with ÷ without, kernel → handler latency
+//!   a plain C libbpf ring-buffer reader (`xtask/peers`) at the default policy and again at
+//!   detector's (`SCHED_FIFO` 1), with bpftrace counting and printing each exit, and with
+//!   detector: throughput with ÷ without, kernel → handler latency
 //!   p50/p99/p99.9, drops ([`reader`], [`peers`]);
 //! - overhead of clean exits (filtered in the kernel), with and without the daemon;
 //! - idle latency and resident memory; records lost at the host's maximum exit rate;
@@ -32,7 +33,7 @@ use peers::{Peer, Tools};
 use reader::{Outcome, Reader};
 
 /// Interleaved rounds of the peer storm and of the clean-exit overhead.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const FORKS_PER_CORE: usize = 20_000;
 /// Time for a reader to drain what a storm left in its buffer before it is stopped.
 const SETTLE: Duration = Duration::from_millis(300);
@@ -232,6 +233,11 @@ fn print_peers(tools: &Tools, without_all: Vec<f64>, tallies: Vec<Tally>) {
          callback; bpftrace's printed line read here from its pipe; detector's record written \
          (its latency_us). bpftrace (count) keeps a count in the kernel (its records: that count): no handler. Drops: \
          ring-buffer reservations that failed; bpftrace's \"Lost N events\".)"
+    );
+    println!(
+        "  (scheduling: the C libbpf reader and bpftrace at the default policy, nice 0, as such \
+         tools run; \"C reader, FIFO 1\" and detector's reader thread at SCHED_FIFO 1, which wakes \
+         them at once, for every record: promptness paid in wakeups)"
     );
 }
 

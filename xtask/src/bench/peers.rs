@@ -72,6 +72,9 @@ pub(super) enum Peer {
     /// `xtask/peers/exit_reader.c`: libbpf's `ring_buffer__poll` on a ring buffer fed by a
     /// `tp_btf/sched_process_exit` program that keeps failing exits only.
     CReader,
+    /// The same reader at the scheduling detector's reader thread runs at (`SCHED_FIFO` 1, see
+    /// `detector run --realtime-priority`): what promptness costs any reader, not only ours.
+    CReaderRealtime,
     /// bpftrace counting failing exits in a map: no record leaves the kernel.
     BpftraceCount,
     /// bpftrace printing each failing exit's kernel time.
@@ -81,8 +84,9 @@ pub(super) enum Peer {
 }
 
 impl Peer {
-    pub(super) const ALL: [Self; 4] = [
+    pub(super) const ALL: [Self; 5] = [
         Self::CReader,
+        Self::CReaderRealtime,
         Self::BpftraceCount,
         Self::BpftracePrint,
         Self::Detector,
@@ -91,6 +95,7 @@ impl Peer {
     pub(super) fn name(self) -> &'static str {
         match self {
             Self::CReader => "C libbpf reader",
+            Self::CReaderRealtime => "C reader, FIFO 1",
             Self::BpftraceCount => "bpftrace (count)",
             Self::BpftracePrint => "bpftrace (print)",
             Self::Detector => "detector",
@@ -105,7 +110,7 @@ impl Peer {
     /// The line that says the reader is attached (and on which stream).
     pub(super) fn ready_marker(self) -> (&'static str, bool) {
         match self {
-            Self::CReader => ("ready", false),
+            Self::CReader | Self::CReaderRealtime => ("ready", false),
             // Printed by BEGIN, which bpftrace fires once every probe is attached.
             Self::BpftraceCount | Self::BpftracePrint => ("ready", true),
             Self::Detector => ("detector ready", false),
@@ -137,6 +142,13 @@ impl Tools {
                 let (bin, object) = self.c_reader.as_ref().map_err(Clone::clone)?;
                 let mut cmd = Command::new(bin);
                 cmd.arg(object);
+                cmd
+            }
+            Peer::CReaderRealtime => {
+                let (bin, object) = self.c_reader.as_ref().map_err(Clone::clone)?;
+                // util-linux's chrt (essential on Debian): the policy is set before the exec.
+                let mut cmd = Command::new("chrt");
+                cmd.args(["--fifo", "1"]).arg(bin).arg(object);
                 cmd
             }
             Peer::BpftraceCount | Peer::BpftracePrint => {

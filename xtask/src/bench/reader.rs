@@ -64,7 +64,7 @@ fn latency_ns(peer: Peer, line: &str) -> Option<u64> {
     match peer {
         Peer::Detector => latency_us(line).map(|us| us * 1000),
         // The exit-reader's own measure, printed when it stops.
-        Peer::CReader => line.trim().parse().ok(),
+        Peer::CReader | Peer::CReaderRealtime => line.trim().parse().ok(),
         // bpftrace prints the kernel's time; the handler here is this line being read.
         Peer::BpftracePrint => line
             .trim()
@@ -254,7 +254,7 @@ impl Reader {
         let signal = match self.peer {
             // bpftrace prints its maps and exits on SIGINT.
             Peer::BpftraceCount | Peer::BpftracePrint => Signal::SIGINT,
-            Peer::CReader | Peer::Detector => Signal::SIGTERM,
+            Peer::CReader | Peer::CReaderRealtime | Peer::Detector => Signal::SIGTERM,
         };
         kill(Pid::from_raw(self.child.id() as i32), signal)?;
         let status = self.child.wait()?;
@@ -264,7 +264,7 @@ impl Reader {
         let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
         let lost = match self.peer {
             Peer::BpftraceCount | Peer::BpftracePrint => bpftrace_lost(&lines),
-            Peer::CReader | Peer::Detector => {
+            Peer::CReader | Peer::CReaderRealtime | Peer::Detector => {
                 let summary = if self.peer == Peer::Detector {
                     "detector stopped"
                 } else {
