@@ -30,15 +30,24 @@ fn at_rest(signal: &zbus::fdo::PropertiesChanged) -> bool {
     })
 }
 
-/// Waits for the unit's next PropertiesChanged signal, but no longer than `reread` (the state
+/// Whether a PropertiesChanged signal speaks of the unit's state at all: systemd sends the
+/// service interface's properties (main PID, exit status) alongside the unit's.
+fn tells_state(signal: &zbus::fdo::PropertiesChanged) -> bool {
+    signal.args().is_ok_and(|args| {
+        args.interface_name().as_str() == "org.freedesktop.systemd1.Unit"
+            && args.changed_properties().contains_key("ActiveState")
+    })
+}
+
+/// Waits for the unit's next PropertiesChanged signal, but no later than `next_read` (the state
 /// is then read again in case a signal was missed) and never past `until`. None once `until` has
 /// passed; otherwise the signal, if one came.
 async fn next_change(
     changes: &mut zbus::fdo::PropertiesChangedStream,
-    reread: Duration,
+    next_read: Instant,
     until: Instant,
 ) -> Option<Option<zbus::fdo::PropertiesChanged>> {
-    let next_read = (Instant::now() + reread).min(until);
+    let next_read = next_read.min(until);
     let woke = tokio::time::timeout_at(next_read, changes.next()).await;
     if Instant::now() >= until {
         return None;
@@ -88,36 +97,51 @@ impl Systemd {
         let err = |what| unit_error(unit, what);
         let path = self.path(unit).await?;
         let proxy = self.proxy::<UnitProxy<'static>>(unit, path.clone()).await?;
-        // The subscription and the first read go out together: one round trip where waiting for
-        // the match first took two (0.5 to 5 ms each while systemd and the bus are busy with
-        // the death). `join!` polls the subscription first, which writes its AddMatch before the
+        // The subscription and the first reads go out together: one round trip where waiting for
+        // each in turn took three (0.5 to 5 ms each while systemd and the bus are busy with the
+        // death). `join!` polls the subscription first, which writes its AddMatch before the
         // read is written, and dbus-daemon handles one connection's messages in order: the match
         // is in place before systemd answers the read. Were a change missed anyway (the AddMatch
         // held back behind a lock), the loop reads again within REAP_REREAD.
-        let (changes, first) = tokio::join!(self.changes(unit, &path), proxy.active_state());
+        let (changes, state, run) = tokio::join!(
+            self.changes(unit, &path),
+            proxy.active_state(),
+            proxy.invocation_id()
+        );
         let mut changes = changes?;
-        let mut first = Some(first);
+        let mut first = Some((state, run));
         let stop_until = Instant::now() + STOP_WAIT;
         loop {
-            let state = match first.take() {
-                Some(read) => read,
-                None => proxy.active_state().await,
-            }
-            .map_err(err("read the state of"))?;
+            let (state, run) = match first.take() {
+                Some((state, run)) => (state, Some(run)),
+                None => (proxy.active_state().await, None),
+            };
+            let state = state.map_err(err("read the state of"))?;
             let deadline = match state.as_str() {
                 "active" => until,
                 "deactivating" => stop_until,
                 _ => return Ok(()),
             };
-            let now = proxy.invocation_id().await.ok().as_deref().and_then(hex);
+            let run = match run {
+                Some(run) => run,
+                None => proxy.invocation_id().await,
+            };
+            let now = run.ok().as_deref().and_then(hex);
             if old.is_some_and(|old| now.as_deref() != Some(old)) {
                 return Ok(());
             }
-            match next_change(&mut changes, REAP_REREAD, deadline).await {
-                // The signal carries the new state: no need to ask for it.
-                Some(Some(signal)) if at_rest(&signal) => return Ok(()),
-                Some(_) => {}
-                None => return Ok(()),
+            let next_read = Instant::now() + REAP_REREAD;
+            loop {
+                match next_change(&mut changes, next_read, deadline).await {
+                    // The signal carries the new state: no need to ask for it.
+                    Some(Some(signal)) if at_rest(&signal) => return Ok(()),
+                    // The service's properties, sent just before the unit's: no word on the
+                    // state. A read now would wait behind systemd's handling of the death, and
+                    // the unit's own signal would wait behind the read.
+                    Some(Some(signal)) if !tells_state(&signal) => {}
+                    Some(_) => break,
+                    None => return Ok(()),
+                }
             }
         }
     }
@@ -188,7 +212,10 @@ impl Systemd {
                     return Ok(Settled::Down { result, new_run });
                 }
             }
-            if next_change(&mut changes, REREAD, until).await.is_none() {
+            if next_change(&mut changes, Instant::now() + REREAD, until)
+                .await
+                .is_none()
+            {
                 return Ok(Settled::Pending {
                     state: format!("{active}/{sub}"),
                 });
