@@ -6,7 +6,7 @@
 //! the core back as soon as the ring is empty.
 //!
 //! Only that thread. It becomes real-time during start-up, after the two threads that start-up
-//! makes first (the journal relay and the health checks' socket thread, which keep `--nice`) and
+//! makes first (the journal writer and the health checks' socket thread, which keep `--nice`) and
 //! before the capabilities go (CAP_SYS_NICE among them): `SCHED_RESET_ON_FORK` gives every thread
 //! made after it (journal readers, history, stdout, the runtime's blocking pool) the normal policy
 //! at nice 0 instead of ours (`sched_fork()` in [kernel/sched/core.c]).
