@@ -204,7 +204,10 @@ fn the_package_installs_verifies_and_runs_under_systemd() {
     );
     let threads = ok(&machine, &["ls", &format!("/proc/{pid}/task")]);
     let later: Vec<&str> = threads.split_whitespace().filter(|t| *t != pid).collect();
-    assert!(!later.is_empty(), "the daemon has no other thread: {threads}");
+    assert!(
+        !later.is_empty(),
+        "the daemon has no other thread: {threads}"
+    );
     for tid in later {
         assert_eq!(
             scheduling(&machine, &pid, tid).0,

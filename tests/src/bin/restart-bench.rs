@@ -179,8 +179,7 @@ fn main() {
     }
 
     let (asked50, asked99) = line("crash → restart requested (expedite)", requested);
-    let (ideal_asked50, ideal_asked99) =
-        line("kill → restart requested (ideal)", over_bus_asked);
+    let (ideal_asked50, ideal_asked99) = line("kill → restart requested (ideal)", over_bus_asked);
     let (ours50, ours99) = line("crash → healthy (detector, expedite)", recovered);
     let (bus50, bus99) = line("kill + RestartUnit at once → healthy (ideal)", over_bus);
     let _ = line("systemctl restart → healthy (plain, nsenter)", systemctl);
