@@ -50,7 +50,8 @@ const JOURNAL_WAIT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
     pub ringbuf_bytes: u32,
-    /// `SCHED_FIFO` priority of the loop once started (0: none); see [`scheduling`].
+    /// `SCHED_FIFO` priority of the loop's thread from just before the capabilities are dropped
+    /// (0: none); see [`scheduling`].
     pub realtime_priority: u8,
     /// Where the watched systemd instance's files are (`/`, `/host`, `/proc/PID/root`).
     pub root: PathBuf,

@@ -31,10 +31,10 @@ pub(super) struct Args {
     #[arg(long, default_value_t = -10, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
     nice: i32,
     /// Real-time priority (`SCHED_FIFO`, 1..=99) of the thread that reads the ring buffer; 0
-    /// leaves it at `--nice`. At 1, the lowest, a death is read within
-    /// tens of microseconds even while a storm keeps every core busy, where a niced reader
-    /// waits its turn (milliseconds at the 99th percentile). The loop only ever waits in
-    /// `epoll`; no other thread of the daemon is real-time.
+    /// leaves it at `--nice`. At 1, the lowest, a death is read within tens of microseconds
+    /// even while a storm keeps every core busy, where a niced reader waits its turn
+    /// (milliseconds at the 99th percentile). The loop only ever waits in `epoll`; no other
+    /// thread of the daemon is real-time.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=99))]
     realtime_priority: u8,
     /// Where the watched systemd instance's files are: `/` on a host, `/host` for a daemon

@@ -1,9 +1,9 @@
 //! How the thread that reads the ring buffer is scheduled: `SCHED_FIFO` at `--realtime-priority`,
-//! so that a death is read within tens of microseconds even while a storm keeps every core busy
-//! (a woken real-time thread takes its core at once; a niced one waits its turn, milliseconds at
-//! the 99th percentile on a saturated host, and 1 to 4 ms after a unit's crash on this VM while
-//! systemd, the bus and the journal handle it). The loop only ever waits in `epoll`, so it gives
-//! the core back as soon as the ring is empty.
+//! so that a death is read within tens of microseconds even while a storm keeps every core busy.
+//! A woken real-time thread takes its core at once; a niced one waits its turn: milliseconds at
+//! the 99th percentile on a saturated host, and 1.5 to 3.6 ms after a unit's crash on this VM
+//! while systemd, the bus and the journal handle it. The loop only ever waits in `epoll`, so it
+//! gives the core back as soon as the ring is empty.
 //!
 //! Only that thread. It becomes real-time during start-up, after the two threads that start-up
 //! makes first (the journal writer and the health checks' socket thread, which keep `--nice`) and
