@@ -78,8 +78,8 @@ struct Pipeline {
     received: u64,
     undecodable: u64,
     /// The last read stopped with records left (a bound, or a recovery that should run first):
-    /// read again as soon as the loop has served the rest. No wakeup would come for them: the
-    /// kernel wakes a reader only once it has caught up.
+    /// read again once the runtime's tasks have had their turn. No wakeup would come for them:
+    /// the kernel wakes a reader only once it has caught up.
     more: bool,
 }
 
@@ -256,6 +256,10 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 pipeline.drain(guard.get_inner_mut());
             }
             () = std::future::ready(()), if pipeline.more => {
+                // The last read stopped early, for a recovery to start or at its bound. A branch
+                // that is always ready never hands the runtime back: without this yield, the
+                // recovery the last read spawned would wait for the rest of the storm to be read.
+                tokio::task::yield_now().await;
                 pipeline.drain(ring.get_mut());
             }
             _ = tick.tick() => {
