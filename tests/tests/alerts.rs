@@ -153,7 +153,9 @@ fn check_both_notices(receiver: &Receiver, id: &str, death: &Value) {
     );
     assert_eq!(
         (&resolved.body["incident"]["id"], &resolved.body["outcome"]),
-        (&json!(id), &json!("recovered"))
+        (&json!(id), &json!("recovered")),
+        "{}",
+        resolved.body
     );
     let (slack_opened, slack_resolved) = two_notices(
         receiver,

@@ -201,6 +201,20 @@ impl Systemd {
             // stop and start); only with no job pending are they where the unit rests.
             if (active == "failed" && sub == "failed") || (active == "inactive" && sub == "dead") {
                 let (job, _) = proxy.job().await.map_err(err("read the job of"))?;
+                // The state and the job are separate reads. A restart job that went from its
+                // stop to its start and finished between them leaves a "dead" read before it and
+                // no job after it: seen on systemd 252, once RestartUnit came within 3.4 ms of
+                // the crash, as "failed again as it started (Result=success)". Only a state that
+                // has not moved across the job's read is where the unit rests.
+                if job == 0
+                    && proxy
+                        .active_state()
+                        .await
+                        .map_err(err("read the state of"))?
+                        != active
+                {
+                    continue;
+                }
                 if job == 0 {
                     let result = if is_service {
                         service.result().await.unwrap_or_default()
