@@ -18,25 +18,16 @@ const REAP_REREAD: Duration = Duration::from_millis(5);
 /// How long a unit may take to stop the rest of a run whose main process died.
 const STOP_WAIT: Duration = Duration::from_secs(30);
 
-/// Whether a unit's PropertiesChanged signal says it is neither active nor stopping.
-fn at_rest(signal: &zbus::fdo::PropertiesChanged) -> bool {
-    signal.args().is_ok_and(|args| {
-        args.interface_name().as_str() == "org.freedesktop.systemd1.Unit"
-            && args
-                .changed_properties()
-                .get("ActiveState")
-                .and_then(|v| <&str>::try_from(v).ok())
-                .is_some_and(|state| state != "active" && state != "deactivating")
-    })
-}
-
-/// Whether a PropertiesChanged signal speaks of the unit's state at all: systemd sends the
-/// service interface's properties (main PID, exit status) alongside the unit's.
-fn tells_state(signal: &zbus::fdo::PropertiesChanged) -> bool {
-    signal.args().is_ok_and(|args| {
-        args.interface_name().as_str() == "org.freedesktop.systemd1.Unit"
-            && args.changed_properties().contains_key("ActiveState")
-    })
+/// The `ActiveState` a unit's PropertiesChanged signal carries; None for a signal that says
+/// nothing of it (systemd sends the service interface's properties, main PID and exit status,
+/// alongside the unit's).
+fn signalled_state(signal: &zbus::fdo::PropertiesChanged) -> Option<String> {
+    let args = signal.args().ok()?;
+    if args.interface_name().as_str() != "org.freedesktop.systemd1.Unit" {
+        return None;
+    }
+    let state = args.changed_properties().get("ActiveState")?;
+    <&str>::try_from(state).ok().map(str::to_owned)
 }
 
 /// Waits for the unit's next PropertiesChanged signal, but no later than `next_read` (the state
@@ -103,28 +94,18 @@ impl Systemd {
         // read is written, and dbus-daemon handles one connection's messages in order: the match
         // is in place before systemd answers the read. Were a change missed anyway (the AddMatch
         // held back behind a lock), the loop reads again within REAP_REREAD.
-        let (changes, state, run) = tokio::join!(
+        let (changes, mut state, mut run) = tokio::join!(
             self.changes(unit, &path),
             proxy.active_state(),
             proxy.invocation_id()
         );
         let mut changes = changes?;
-        let mut first = Some((state, run));
         let stop_until = Instant::now() + STOP_WAIT;
         loop {
-            let (state, run) = match first.take() {
-                Some((state, run)) => (state, Some(run)),
-                None => (proxy.active_state().await, None),
-            };
-            let state = state.map_err(err("read the state of"))?;
-            let deadline = match state.as_str() {
+            let deadline = match state.map_err(err("read the state of"))?.as_str() {
                 "active" => until,
                 "deactivating" => stop_until,
                 _ => return Ok(()),
-            };
-            let run = match run {
-                Some(run) => run,
-                None => proxy.invocation_id().await,
             };
             let now = run.ok().as_deref().and_then(hex);
             if old.is_some_and(|old| now.as_deref() != Some(old)) {
@@ -133,16 +114,21 @@ impl Systemd {
             let next_read = Instant::now() + REAP_REREAD;
             loop {
                 match next_change(&mut changes, next_read, deadline).await {
-                    // The signal carries the new state: no need to ask for it.
-                    Some(Some(signal)) if at_rest(&signal) => return Ok(()),
-                    // The service's properties, sent just before the unit's: no word on the
-                    // state. A read now would wait behind systemd's handling of the death, and
-                    // the unit's own signal would wait behind the read.
-                    Some(Some(signal)) if !tells_state(&signal) => {}
-                    Some(_) => break,
+                    Some(Some(signal)) => match signalled_state(&signal).as_deref() {
+                        // The service's properties, sent just before the unit's: no word on
+                        // the state. A read now would wait behind systemd's handling of the
+                        // death, and the unit's own signal would wait behind the read.
+                        None => {}
+                        Some("active" | "deactivating") => break,
+                        // The signal carries the new state: no need to ask for it.
+                        Some(_) => return Ok(()),
+                    },
+                    Some(None) => break,
                     None => return Ok(()),
                 }
             }
+            // Both again, in one round trip.
+            (state, run) = tokio::join!(proxy.active_state(), proxy.invocation_id());
         }
     }
 
@@ -206,16 +192,15 @@ impl Systemd {
                 // no job after it: seen on systemd 252, once RestartUnit came within 3.4 ms of
                 // the crash, as "failed again as it started (Result=success)". Only a state that
                 // has not moved across the job's read is where the unit rests.
-                if job == 0
-                    && proxy
+                if job == 0 {
+                    if proxy
                         .active_state()
                         .await
                         .map_err(err("read the state of"))?
                         != active
-                {
-                    continue;
-                }
-                if job == 0 {
+                    {
+                        continue;
+                    }
                     let result = if is_service {
                         service.result().await.unwrap_or_default()
                     } else {
