@@ -280,6 +280,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                 }
                 pipeline.cgroups.sweep(std::time::Instant::now());
                 pipeline.dispatcher.sweep();
+                pipeline.sinks.tick();
             }
             Some(notice) = incidents.recv() => {
                 pipeline.sinks.notice(&notice);

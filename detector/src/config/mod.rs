@@ -28,13 +28,17 @@
 //! path = "/var/lib/detector/incidents.db"
 //! max_age = "30d"
 //! max_incidents = 10000
+//!
+//! [journal]
+//! death_entries = 1000        # per interval and class; past it deaths are counted, not written
+//! interval = "30s"
 //! ```
 //!
 //! Deaths in units not listed are still reported (records and incidents), never restarted.
 //!
 //! One file per section: [`unit`] (`[[unit]]`), [`rules`] (`[[rule]]`), [`alerts`]
 //! (`[[alert]]`: webhook, Slack, Alertmanager, PagerDuty), [`metrics`] (`[metrics]`), [`history`]
-//! (`[history]`); [`duration`] for the durations they share.
+//! (`[history]`), [`journal`] (`[journal]`); [`duration`] for the durations they share.
 //!
 //! - In: the operator's TOML file.
 //! - Out: a checked [`Config`], or a [`ConfigError`] naming file and line.
@@ -44,6 +48,7 @@
 pub(crate) mod alerts;
 mod duration;
 pub(crate) mod history;
+pub(crate) mod journal;
 pub(crate) mod metrics;
 pub(crate) mod rules;
 #[cfg(test)]
@@ -65,6 +70,7 @@ use toml::Spanned;
 use self::{
     alerts::{AlertSink, RawAlert},
     history::{History, RawHistory},
+    journal::{Journal, RawJournal},
     metrics::{Metrics, RawMetrics},
     rules::{RawRule, Rule},
     unit::RawUnit,
@@ -84,6 +90,7 @@ pub(crate) struct Config {
     pub alerts: Vec<AlertSink>,
     pub metrics: Metrics,
     pub history: History,
+    pub journal: Journal,
 }
 
 impl Config {
@@ -168,6 +175,7 @@ struct RawConfig {
     alert: Vec<Spanned<RawAlert>>,
     metrics: Option<Spanned<RawMetrics>>,
     history: Option<Spanned<RawHistory>>,
+    journal: Option<Spanned<RawJournal>>,
 }
 
 struct Ctx<'a> {
@@ -264,6 +272,9 @@ pub(crate) fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     }
     if let Some(history) = &raw.history {
         config.history = ctx.history(history)?;
+    }
+    if let Some(journal) = &raw.journal {
+        config.journal = ctx.journal(journal)?;
     }
     Ok(config)
 }

@@ -51,7 +51,7 @@ fn the_documented_shape_parses() {
 }
 
 /// (configuration, line of the error, what its message says).
-const ERRORS: [(&str, usize, &str); 22] = [
+const ERRORS: [(&str, usize, &str); 25] = [
     (
         "[[unit]]\nname = \"a.service\"\nhealth = { url = \"http://10.1.2.3:8000/health\" }\n",
         3,
@@ -84,6 +84,17 @@ const ERRORS: [(&str, usize, &str); 22] = [
         "must be absolute",
     ),
     ("[history]\nmax_age = \"1y\"\n", 2, "history max_age"),
+    ("[journal]\ndeath_entries = -1\n", 2, "use 0 to 4294967295"),
+    (
+        "[journal]\ninterval = \"0s\"\n",
+        2,
+        "journal interval must be more than zero",
+    ),
+    (
+        "[journal]\nintervall = \"1s\"\n",
+        2,
+        "unknown field `intervall`",
+    ),
     ("[[unit]]\nname = \"app\"\n", 2, "needs a type suffix"),
     (
         "[[unit]]\nname = \"a/b.service\"\n",
@@ -200,6 +211,25 @@ fn metrics_and_history_sections() {
     );
     let off = parse("c.toml", "[history]\nenabled = false\n").expect("valid");
     assert_eq!(off.history.path, None);
+}
+
+#[test]
+fn journal_section() {
+    let config = parse(
+        "c.toml",
+        "[journal]\ndeath_entries = 0\ninterval = \"5s\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        (config.journal.death_entries, config.journal.interval),
+        (0, Duration::from_secs(5))
+    );
+    // Without it: a tenth of journald's default burst, over journald's default interval.
+    let plain = parse("c.toml", "[journal]\n").expect("valid");
+    assert_eq!(
+        (plain.journal.death_entries, plain.journal.interval),
+        (1000, Duration::from_secs(30))
+    );
 }
 
 #[test]

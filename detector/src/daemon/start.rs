@@ -101,7 +101,11 @@ pub(super) async fn start(options: &Options) -> anyhow::Result<Started> {
     // The two threads started before: the journal writer, whose relay enters a machine's pid
     // namespace, and the health checks' one in its network namespace; each drops its own
     // capabilities once inside.
-    let journal_sink = Sinks::journal(options.output, (&options.root, manager_pid));
+    let journal_sink = Sinks::journal(
+        options.output,
+        (&options.root, manager_pid),
+        options.config.journal,
+    );
     // Likewise the thread that makes health checks' sockets in the machine's network namespace.
     let dialer = recovery::netns::Dialer::start(manager_pid);
     // After those two threads, which keep `--nice`, and while CAP_SYS_NICE is ours: this thread

@@ -8,20 +8,34 @@
 //! holds up the ring buffer. When the queue is full, or the journal is gone, the entry is not
 //! lost: the caller (or the thread) writes its JSON to stdout instead, unless stdout has it
 //! already. A journal that is gone is said once, and once again when it is back.
+//!
+//! Death entries come out of a share per interval ([`share`], `[journal]`): past it a death is
+//! counted, not written, and the count is an entry of its own (`left_out`) when the interval
+//! ends. A storm of deaths then neither floods the journal nor pushes detector past journald's
+//! rate limit, which would drop the incidents' entries with the rest.
 
 mod native;
 mod relay;
+pub(crate) mod share;
 
 use std::{
     path::Path,
     sync::mpsc::{SyncSender, TrySendError},
     thread::JoinHandle,
+    time::Instant,
 };
 
+use chrono::{SecondsFormat, Utc};
+
 pub(crate) use self::relay::serve as relay;
-use self::{native::field, relay::Relay};
+use self::{
+    native::field,
+    relay::Relay,
+    share::{Class, LeftOut, Share},
+};
 use super::words;
 use crate::{
+    config::journal::Journal as Config,
     death::record::ExitRecord,
     incident::{Incident, Notice, Outcome, Phase},
     kernel::privileges,
@@ -32,6 +46,7 @@ pub(crate) const MESSAGE_EXIT: &str = "69d4093271554fbba7ee9c450d7c6350";
 pub(crate) const MESSAGE_OPENED: &str = "5bc8706693cd41bcade611672071ea32";
 pub(crate) const MESSAGE_RECOVERED: &str = "1a7ce902adcb495abaec48df62fb298a";
 pub(crate) const MESSAGE_NOT_RECOVERED: &str = "ebcf3d35e8604b2995917f4ba772ad98";
+pub(crate) const MESSAGE_LEFT_OUT: &str = "c4ac5fec9f414d779dea8d0e6a286524";
 
 /// Entries waiting for the thread; past this the caller writes them to stdout instead.
 const QUEUE: usize = 8192;
@@ -43,12 +58,26 @@ const STARTED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 enum Entry {
     Exit(Box<ExitRecord>),
     Notice(Notice),
+    LeftOut(LeftOut),
 }
 
-/// The journal writer: a thread and its queue.
+/// What became of a death's entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Taken {
+    Queued,
+    /// Past its class's share: counted, and not to be written anywhere else either (under
+    /// systemd, stdout is the journal too).
+    LeftOut(Class),
+    /// The queue is full or the writer is not running: the caller keeps it elsewhere.
+    Refused,
+}
+
+/// The journal writer: a thread and its queue, and the death entries' shares.
 pub(crate) struct Journal {
     queue: Option<SyncSender<Entry>>,
     thread: Option<JoinHandle<()>>,
+    /// One per [`Class`], in [`Class::ALL`]'s order.
+    shares: [Share; 2],
 }
 
 impl Journal {
@@ -56,7 +85,13 @@ impl Journal {
     /// pid namespace of the watched manager (`manager_pid`) when it is not ours. `to_stdout`:
     /// an entry the journal does not take is written to stdout as JSON (stdout does not have it
     /// already).
-    pub(crate) fn spawn(root: &Path, manager_pid: Option<i32>, to_stdout: bool) -> Self {
+    pub(crate) fn spawn(
+        root: &Path,
+        manager_pid: Option<i32>,
+        to_stdout: bool,
+        config: Config,
+    ) -> Self {
+        let shares = Class::ALL.map(|class| Share::new(class, config));
         let path = root.join("run/systemd/journal/socket");
         let (queue, entries) = std::sync::mpsc::sync_channel::<Entry>(QUEUE);
         let (started_tx, started) = std::sync::mpsc::channel::<()>();
@@ -71,6 +106,7 @@ impl Journal {
                 Self {
                     queue: Some(queue),
                     thread: Some(thread),
+                    shares,
                 }
             }
             Err(e) => {
@@ -78,14 +114,45 @@ impl Journal {
                 Self {
                     queue: None,
                     thread: None,
+                    shares,
                 }
             }
         }
     }
 
-    /// Queues a death's entry; false when it cannot be queued (the caller keeps it elsewhere).
-    pub(crate) fn exit(&self, record: &ExitRecord) -> bool {
-        self.push(Entry::Exit(Box::new(record.clone())))
+    /// Queues a death's entry if its class's share has room; before it, the count of an
+    /// interval of that class that ended.
+    pub(crate) fn exit(&mut self, record: &ExitRecord) -> Taken {
+        let class = class(record);
+        let (write, ended) = self.shares[class as usize].take(Instant::now(), Utc::now());
+        if let Some(ended) = ended {
+            self.left_out(ended);
+        }
+        if !write {
+            Taken::LeftOut(class)
+        } else if self.push(Entry::Exit(Box::new(record.clone()))) {
+            Taken::Queued
+        } else {
+            Taken::Refused
+        }
+    }
+
+    /// Each second: the counts of the intervals that ended.
+    pub(crate) fn tick(&mut self) {
+        let (now, wall) = (Instant::now(), Utc::now());
+        for i in 0..self.shares.len() {
+            if let Some(ended) = self.shares[i].roll(now, wall) {
+                self.left_out(ended);
+            }
+        }
+    }
+
+    /// A count of deaths left out, as an entry; in the daemon's log if it cannot be queued.
+    fn left_out(&self, left_out: LeftOut) {
+        let message = words::left_out(&left_out);
+        if !self.push(Entry::LeftOut(left_out)) {
+            tracing::warn!("{message}");
+        }
     }
 
     /// Queues an incident's entry; false when it cannot be queued.
@@ -103,12 +170,18 @@ impl Journal {
     /// Sends what is queued and stops the thread, waiting at most [`FINISH_WAIT`]: a journald
     /// that stopped reading must not hold up the daemon's exit.
     pub(crate) fn finish(mut self) {
+        let wall = Utc::now();
+        for i in 0..self.shares.len() {
+            if let Some(ended) = self.shares[i].finish(wall) {
+                self.left_out(ended);
+            }
+        }
         drop(self.queue.take());
         let Some(thread) = self.thread.take() else {
             return;
         };
-        let deadline = std::time::Instant::now() + FINISH_WAIT;
-        while !thread.is_finished() && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + FINISH_WAIT;
+        while !thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         if !thread.is_finished() {
@@ -182,6 +255,7 @@ fn write_entries(
         match &entry {
             Entry::Exit(record) => exit_entry(&mut buf, record),
             Entry::Notice(notice) => notice_entry(&mut buf, notice),
+            Entry::LeftOut(left_out) => left_out_entry(&mut buf, left_out),
         }
         match sender.send(&buf) {
             Ok(()) => {
@@ -215,6 +289,10 @@ fn fall_back(entry: &Entry) {
         Entry::Exit(record) => out.push(&**record),
         Entry::Notice(notice) if notice.phase == Phase::Resolved => out.push(&*notice.incident),
         Entry::Notice(_) => return,
+        Entry::LeftOut(left_out) => {
+            tracing::warn!("{}", words::left_out(left_out));
+            return;
+        }
     }
     out.flush();
 }
@@ -225,25 +303,39 @@ fn optional(entry: &mut Vec<u8>, key: &str, value: Option<impl ToString>) {
     }
 }
 
-/// A death's entry.
-fn exit_entry(entry: &mut Vec<u8>, record: &ExitRecord) {
-    // An OOM kill or a core dump always matters; a failing command line (exit 1) rarely does.
-    let priority = if record.oom.is_some() || record.core_dumped {
+/// Which share a death's entry comes out of: a failing command outside any service, or a
+/// death worth more.
+fn class(record: &ExitRecord) -> Class {
+    let in_service = record
+        .unit
+        .as_deref()
+        .is_some_and(|u| u.ends_with(".service"));
+    if record.oom.is_some() || record.core_dumped || record.signal.is_some() || in_service {
+        Class::Notable
+    } else {
+        Class::Routine
+    }
+}
+
+/// A death's priority: an OOM kill or a core dump always matters; a failing command line
+/// (exit 1) rarely does.
+fn priority(record: &ExitRecord) -> &'static str {
+    if record.oom.is_some() || record.core_dumped {
         "3"
     } else if record.signal.is_some() {
         "4"
-    } else if record
-        .unit
-        .as_deref()
-        .is_some_and(|u| u.ends_with(".service"))
-    {
+    } else if class(record) == Class::Notable {
         "5"
     } else {
         "6"
-    };
+    }
+}
+
+/// A death's entry.
+fn exit_entry(entry: &mut Vec<u8>, record: &ExitRecord) {
     field(entry, "MESSAGE", &words::exit(record));
     field(entry, "MESSAGE_ID", MESSAGE_EXIT);
-    field(entry, "PRIORITY", priority);
+    field(entry, "PRIORITY", priority(record));
     field(entry, "SYSLOG_IDENTIFIER", "detector");
     field(entry, "DETECTOR_KIND", "exit");
     field(entry, "DETECTOR_TIME", &record.time);
@@ -279,6 +371,34 @@ fn exit_entry(entry: &mut Vec<u8>, record: &ExitRecord) {
     if let Ok(json) = serde_json::to_string(record) {
         field(entry, "DETECTOR_RECORD", &json);
     }
+}
+
+/// The count of deaths a class left out over an interval.
+fn left_out_entry(entry: &mut Vec<u8>, left_out: &LeftOut) {
+    let LeftOut {
+        class,
+        deaths,
+        share,
+        interval,
+        since,
+        until,
+    } = left_out;
+    field(entry, "MESSAGE", &words::left_out(left_out));
+    field(entry, "MESSAGE_ID", MESSAGE_LEFT_OUT);
+    field(entry, "PRIORITY", "4");
+    field(entry, "SYSLOG_IDENTIFIER", "detector");
+    field(entry, "DETECTOR_KIND", "left_out");
+    field(entry, "DETECTOR_CLASS", class.as_str());
+    field(entry, "DETECTOR_LEFT_OUT", &deaths.to_string());
+    field(entry, "DETECTOR_SHARE", &share.to_string());
+    field(
+        entry,
+        "DETECTOR_INTERVAL_SEC",
+        &interval.as_secs_f64().to_string(),
+    );
+    let time = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Micros, true);
+    field(entry, "DETECTOR_SINCE", &time(since));
+    field(entry, "DETECTOR_UNTIL", &time(until));
 }
 
 /// `journalctl -u UNIT` matches `OBJECT_SYSTEMD_UNIT=UNIT` on entries from uid 0.

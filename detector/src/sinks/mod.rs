@@ -21,9 +21,15 @@ pub(crate) mod words;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use self::{alerts::Alerts, history::History, journal::Journal, metrics::Metrics, stdout::Stdout};
+use self::{
+    alerts::Alerts,
+    history::History,
+    journal::{Journal, Taken},
+    metrics::Metrics,
+    stdout::Stdout,
+};
 use crate::{
-    config::alerts::AlertSink,
+    config::{alerts::AlertSink, journal::Journal as JournalConfig},
     death::record::ExitRecord,
     incident::{Notice, Phase},
     kernel::counters::Lost,
@@ -109,25 +115,40 @@ impl Sinks {
     }
 
     /// The journal writer, when `output` asks for one; `root` and `manager_pid` are the watched
-    /// systemd's. Started before the daemon drops its capabilities: its relay into a machine's
-    /// pid namespace needs them (the writer drops its own once the relay runs).
+    /// systemd's, `config` the death entries' share. Started before the daemon drops its
+    /// capabilities: its relay into a machine's pid namespace needs them (the writer drops its
+    /// own once the relay runs).
     pub(crate) fn journal(
         output: Output,
         (root, manager_pid): (&Path, Option<i32>),
+        config: JournalConfig,
     ) -> Option<Journal> {
         let output = output.resolve();
         output
             .journal()
-            .then(|| Journal::spawn(root, manager_pid, !output.json()))
+            .then(|| Journal::spawn(root, manager_pid, !output.json(), config))
     }
 
     /// A death's record: a JSON line (written at the next [`Sinks::flush`]) and a journal entry.
-    /// Journal only and its queue full: the JSON line instead, so that nothing is lost.
+    /// Journal only and its queue full: the JSON line instead, so that nothing is lost. Past
+    /// the journal's share, a death is counted there (and in the metrics), and the JSON line is
+    /// written only if JSON lines are: under systemd stdout is the journal too.
     pub(crate) fn record(&mut self, record: &ExitRecord) {
         self.metrics.death(record);
-        let queued = self.journal.as_ref().is_some_and(|j| j.exit(record));
-        if self.json || !queued {
+        let taken = self.journal.as_mut().map(|j| j.exit(record));
+        if let Some(Taken::LeftOut(class)) = taken {
+            self.metrics.journal_left_out(class);
+        }
+        let kept = matches!(taken, Some(Taken::Queued | Taken::LeftOut(_)));
+        if self.json || !kept {
             self.stdout.push(record);
+        }
+    }
+
+    /// Each second: the journal's counts of deaths left out, for intervals that ended.
+    pub(crate) fn tick(&mut self) {
+        if let Some(journal) = &mut self.journal {
+            journal.tick();
         }
     }
 

@@ -1,6 +1,7 @@
 //! The one-line sentences every sink shows a person: the journal's `MESSAGE`, Slack's text,
 //! PagerDuty's summary, Alertmanager's summary. Written once so that they say the same thing.
 
+use super::journal::share::{Class, LeftOut};
 use crate::{
     death::record::ExitRecord,
     incident::{Action, Incident, Outcome},
@@ -90,6 +91,26 @@ pub(crate) fn resolved(incident: &Incident) -> String {
     }
 }
 
+/// Deaths left out of the journal: `detector left 4812 deaths out of the journal from
+/// 03:22:05 to 03:22:35 UTC (failing commands outside any service): past its share of 1000 per
+/// 30s; detector_deaths_total counts each`.
+#[must_use]
+pub(crate) fn left_out(left_out: &LeftOut) -> String {
+    let what = match left_out.class {
+        Class::Routine => "failing commands outside any service",
+        Class::Notable => "deaths in services, by signals, OOM kills, core dumps",
+    };
+    format!(
+        "detector left {} deaths out of the journal from {} to {} UTC ({what}): past its share \
+         of {} per {:?}; detector_deaths_total counts each",
+        left_out.deaths,
+        left_out.since.format("%H:%M:%S"),
+        left_out.until.format("%H:%M:%S"),
+        left_out.share,
+        left_out.interval,
+    )
+}
+
 /// How bad: `critical` when the service failed (its main process, or it stopped answering);
 /// `warning` when a worker died and its supervisor lives on.
 #[must_use]
@@ -126,6 +147,29 @@ pub(crate) fn host(root: &std::path::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn left_out_says_how_many_when_and_why() {
+        let at = |s| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .expect("time")
+                .to_utc()
+        };
+        let said = left_out(&LeftOut {
+            class: Class::Routine,
+            deaths: 4812,
+            share: 1000,
+            interval: std::time::Duration::from_secs(30),
+            since: at("2026-11-26T03:22:05.5Z"),
+            until: at("2026-11-26T03:22:35.7Z"),
+        });
+        assert_eq!(
+            said,
+            "detector left 4812 deaths out of the journal from 03:22:05 to 03:22:35 UTC \
+             (failing commands outside any service): past its share of 1000 per 30s; \
+             detector_deaths_total counts each"
+        );
+    }
 
     #[test]
     fn truncation_counts_characters() {

@@ -24,6 +24,7 @@ use prometheus_client::{
 };
 
 use self::names::Names;
+use super::journal::share::Class;
 use crate::{
     config::Config,
     death::record::ExitRecord,
@@ -82,6 +83,12 @@ struct NoticeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    /// `routine` (a failing command outside any service) or `notable` (every other death).
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SinkLabels {
     sink: &'static str,
 }
@@ -136,6 +143,7 @@ pub(crate) struct Metrics {
     kernel: Kernel,
     coalesced: Family<CoalescedLabels, Counter>,
     notices_dropped: Family<NoticeLabels, Counter>,
+    journal_left_out: Family<ClassLabels, Counter>,
     deliveries: Family<SinkLabels, Counter>,
     drops: Family<SinkLabels, Counter>,
     caches: Family<CacheLabels, Gauge>,
@@ -165,6 +173,7 @@ impl Metrics {
             kernel: Kernel::default(),
             coalesced: Family::default(),
             notices_dropped: Family::default(),
+            journal_left_out: Family::default(),
             deliveries: Family::default(),
             drops: Family::default(),
             caches: Family::default(),
@@ -174,6 +183,11 @@ impl Metrics {
         .register();
         // Known series are exported at 0 from the start.
         metrics.pressure(Coalesced::default(), Dropped::default());
+        for class in Class::ALL {
+            let _ = metrics.journal_left_out.get_or_create(&ClassLabels {
+                class: class.as_str(),
+            });
+        }
         metrics
     }
 
@@ -230,6 +244,12 @@ impl Metrics {
             self.notices_dropped.clone(),
         );
         r.register(
+            "journal_left_out",
+            "Deaths not written to the journal, past its share per interval ([journal]), by \
+             class; each interval's count is an entry of its own",
+            self.journal_left_out.clone(),
+        );
+        r.register(
             "sink_deliveries",
             "Records or incidents a sink delivered, by sink",
             self.deliveries.clone(),
@@ -254,6 +274,15 @@ impl Metrics {
         let unit = record.user_unit.as_deref().or(record.unit.as_deref());
         let name = self.names.of(unit);
         self.deaths.get_or_create(&DeathLabels { name, how }).inc();
+    }
+
+    /// A death the journal left out.
+    pub(crate) fn journal_left_out(&self, class: Class) {
+        self.journal_left_out
+            .get_or_create(&ClassLabels {
+                class: class.as_str(),
+            })
+            .inc();
     }
 
     /// A finished incident as it goes to the sinks.
