@@ -73,7 +73,7 @@ impl Dispatcher {
 
     /// How many entries each of the recovery's caches holds, by name.
     #[must_use]
-    pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 4] {
+    pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 5] {
         self.recovery.cache_sizes()
     }
 

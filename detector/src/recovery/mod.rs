@@ -18,6 +18,7 @@ mod liveness;
 pub(crate) mod netns;
 pub(crate) mod policy;
 mod restart;
+mod seen;
 mod settle;
 mod states;
 pub(crate) mod systemd;
@@ -89,6 +90,8 @@ pub(crate) struct Recovery {
     /// The state watcher's table sizes (units not at rest, last failures handled), for the
     /// metrics: every cache has a bound, and this shows it.
     states: (AtomicUsize, AtomicUsize),
+    /// Each watched unit's state as systemd last signalled it, kept by the state watcher.
+    seen: seen::Seen,
 }
 
 /// How a unit failed, for what recovering it takes.
@@ -131,7 +134,31 @@ impl Recovery {
             health: HealthBoard::default(),
             coalesced: Mutex::default(),
             states: (AtomicUsize::new(0), AtomicUsize::new(0)),
+            seen: seen::Seen::default(),
         }
+    }
+
+    /// Each watched unit's state as systemd last signalled it (the state watcher writes it).
+    pub(crate) fn seen(&self) -> &seen::Seen {
+        &self.seen
+    }
+
+    /// Waits until systemd has handled the death of `unit`'s run `old` (see
+    /// [`Systemd::await_reaped`]): told by the state watcher's standing subscription when it
+    /// follows the unit, else by asking the bus.
+    async fn await_reaped(
+        &self,
+        bus: &Systemd,
+        unit: &str,
+        old: Option<&str>,
+        until: Instant,
+    ) -> Result<(), ActionError> {
+        if let Some(seen) = self.seen.follow(unit)
+            && settle::reaped_as_seen(seen, old, until).await
+        {
+            return Ok(());
+        }
+        bus.await_reaped(unit, old, until).await
     }
 
     /// The state watcher's table sizes, as it last said.
@@ -142,7 +169,7 @@ impl Recovery {
 
     /// How many entries each of the recovery's caches holds, by name (each has a bound).
     #[must_use]
-    pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 4] {
+    pub(crate) fn cache_sizes(&self) -> [(&'static str, usize); 5] {
         let tracks = self
             .units
             .lock()
@@ -163,6 +190,7 @@ impl Recovery {
                 "unit_failures_handled",
                 self.states.1.load(Ordering::Relaxed),
             ),
+            ("unit_states_seen", self.seen.len()),
         ]
     }
 
@@ -290,8 +318,8 @@ impl Recovery {
         }
         if kind != Kind::Running
             && matches!(plan, Plan::Watch | Plan::Restart { .. })
-            && let Err(e) = bus
-                .await_reaped(unit, old, Instant::now() + REAP_WAIT)
+            && let Err(e) = self
+                .await_reaped(&bus, unit, old, Instant::now() + REAP_WAIT)
                 .await
         {
             return Ok(self.failure(progress, &e).await);

@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 use zbus::{OwnedObjectPath, proxy::CacheProperties};
 
-use super::systemd::{ActionError, ServiceProxy, Systemd, UnitProxy, hex, unit_error};
+use super::{
+    seen::UnitSeen,
+    systemd::{ActionError, ServiceProxy, Systemd, UnitProxy, hex, unit_error},
+};
 
 /// While waiting on a unit, its state is read again at least this often, signal or not.
 const REREAD: Duration = Duration::from_millis(250);
@@ -51,6 +54,40 @@ async fn next_change(
             Some(None)
         }
         Err(_) => Some(None),
+    }
+}
+
+/// As [`Systemd::await_reaped`], told by the state watcher's standing subscription (`seen`):
+/// true once systemd has handled the death (or `until` passed while the unit stayed active);
+/// false when this cannot tell, and the caller asks the bus: the watcher lost its connection,
+/// or no signal came for [`REREAD`] (one may have been missed).
+pub(super) async fn reaped_as_seen(
+    mut seen: watch::Receiver<UnitSeen>,
+    old: Option<&str>,
+    until: Instant,
+) -> bool {
+    let stop_until = Instant::now() + STOP_WAIT;
+    loop {
+        let (deadline, run) = {
+            let now = seen.borrow_and_update();
+            let deadline = match now.active.as_str() {
+                "active" => until,
+                "deactivating" => stop_until,
+                _ => return true,
+            };
+            (deadline, now.invocation.clone())
+        };
+        // Active in another run: systemd has restarted it already. (A run no signal named is
+        // not taken for another.)
+        if old.is_some_and(|old| run.is_some_and(|run| run != old)) {
+            return true;
+        }
+        let quiet = (Instant::now() + REREAD).min(deadline);
+        match tokio::time::timeout_at(quiet, seen.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => return Instant::now() >= deadline,
+        }
     }
 }
 
@@ -220,5 +257,102 @@ impl Systemd {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{sync::watch, time::Instant};
+
+    use super::{REREAD, UnitSeen, reaped_as_seen};
+
+    fn seen(active: &str, run: &str) -> UnitSeen {
+        UnitSeen {
+            active: active.to_owned(),
+            invocation: Some(run.to_owned()),
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    /// `reaped_as_seen` from `first`, with `then` signalled 20 ms later (None: the watcher
+    /// forgets the unit); its answer and how long it took.
+    fn reaped(first: UnitSeen, then: Option<UnitSeen>, until: Duration) -> (bool, Duration) {
+        runtime().block_on(async {
+            let (sender, receiver) = watch::channel(first);
+            let started = Instant::now();
+            let signal = async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Kept open after a signal: the answer must come from the value, not a close.
+                let _open = if let Some(then) = then {
+                    let _ = sender.send(then);
+                    Some(sender)
+                } else {
+                    drop(sender);
+                    None
+                };
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                answer = reaped_as_seen(receiver, Some("01"), started + until) => {
+                    (answer, started.elapsed())
+                }
+                () = signal => unreachable!("the signal side never ends"),
+            }
+        })
+    }
+
+    #[test]
+    fn a_state_that_is_not_active_says_the_death_was_handled_at_once() {
+        for state in ["failed", "activating", "inactive"] {
+            let (answer, took) = reaped(seen(state, "01"), None, Duration::from_secs(1));
+            assert!(
+                answer && took < Duration::from_millis(20),
+                "{state}: {took:?}"
+            );
+        }
+        // Active, but in another run: systemd restarted it already.
+        let (answer, took) = reaped(seen("active", "02"), None, Duration::from_secs(1));
+        assert!(answer && took < Duration::from_millis(20), "{took:?}");
+    }
+
+    #[test]
+    fn active_waits_for_the_signal_that_moves_it() {
+        for then in [seen("failed", "01"), seen("deactivating", "01")] {
+            let (answer, took) = reaped(
+                seen("active", "01"),
+                Some(then.clone()),
+                Duration::from_secs(1),
+            );
+            if then.active == "failed" {
+                assert!(answer && took >= Duration::from_millis(20), "{took:?}");
+            } else {
+                // Stopping the rest of the run: nothing said for REREAD, so the bus is asked.
+                assert!(!answer && took >= REREAD, "deactivating: {took:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_forgotten_unit_or_a_quiet_one_is_asked_of_the_bus() {
+        let (answer, took) = reaped(seen("active", "01"), None, Duration::from_secs(1));
+        assert!(!answer && took < REREAD, "forgotten: {took:?}");
+        // Active until the caller's deadline, which comes before REREAD: done waiting.
+        let (answer, took) = reaped(
+            seen("active", "01"),
+            Some(seen("active", "01")),
+            Duration::from_millis(100),
+        );
+        assert!(
+            answer && took >= Duration::from_millis(100),
+            "deadline: {took:?}"
+        );
     }
 }

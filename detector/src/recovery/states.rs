@@ -12,8 +12,9 @@
 //!
 //! Interfaces: <https://www.freedesktop.org/software/systemd/man/latest/org.freedesktop.systemd1.html>.
 //!
-//! Just over 400 lines with its tests (the last 13): following the states, telling a failed run
-//! from a stop, and bounding the tasks that look at failed runs are one watcher.
+//! About 440 lines with its tests (the last 13): following the states (and keeping them for the
+//! recoveries, `seen.rs`), telling a failed run from a stop, and bounding the tasks that look at
+//! failed runs are one watcher.
 
 use std::{collections::HashMap, num::NonZeroUsize, path::Path, sync::Arc, time::Duration};
 
@@ -111,15 +112,29 @@ async fn watch(
         ready: Some(ready),
         runs: Arc::new(Semaphore::new(MAX_RUNS)),
     };
+    // What the watcher said of the units is stale once it stops following them: a lost
+    // connection, or the task aborted (a reload starts another).
+    let _forget = Forget(Arc::clone(&watcher.recovery));
     let mut last_error = String::new();
     loop {
-        if let Err(e) = watcher.follow().await
+        let followed = watcher.follow().await;
+        watcher.recovery.seen().forget();
+        if let Err(e) = followed
             && e != last_error
         {
             tracing::warn!("unit states: {e}; trying again every {RECONNECT:?}");
             last_error = e;
         }
         tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+/// Forgets the units' signalled states when dropped.
+struct Forget(Arc<Recovery>);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.seen().forget();
     }
 }
 
@@ -169,21 +184,7 @@ impl Watcher {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(());
         }
-        // A configured unit that failed while the bus was gone is found by asking. (Not at the
-        // first start: a unit failed before the daemon ran was reported, if at all, by the one
-        // before it.)
-        if reconnected && let Ok(asked) = recovery.bus().await {
-            for policy in &recovery.config().units {
-                if policy.name.contains("@.") {
-                    continue;
-                }
-                if let Ok(state) = asked.unit(&policy.name).await
-                    && state.active_state == "failed"
-                {
-                    self.failed_run(policy.name.clone(), state.invocation_id);
-                }
-            }
-        }
+        self.ask_units(reconnected).await;
         tracing::debug!("unit states: following systemd's signals");
         while let Some(message) = stream.next().await {
             let Ok(message) = message else { continue };
@@ -211,6 +212,17 @@ impl Watcher {
             }
             let active = string(changed.get("ActiveState"));
             let sub = string(changed.get("SubState"));
+            // The run the signal speaks of: the one in the signal itself, not whatever runs by
+            // the time we could ask.
+            let signalled = changed
+                .remove("InvocationID")
+                .and_then(|v| Vec::<u8>::try_from(v).ok())
+                .map(|bytes| hex(&bytes));
+            recovery.seen().publish(
+                &unit,
+                active.as_deref(),
+                signalled.clone().flatten().as_deref(),
+            );
             let state = (active.clone(), sub.clone());
             tracing::debug!(unit, ?active, ?sub, "unit states: a change");
             let new = note(&mut states, &unit, state);
@@ -221,12 +233,6 @@ impl Watcher {
             if active.as_deref() != Some("failed") && sub.as_deref() != Some("auto-restart") {
                 continue;
             }
-            // The run the signal speaks of: the one in the signal itself, not whatever runs by the
-            // time we could ask.
-            let signalled = changed
-                .remove("InvocationID")
-                .and_then(|v| Vec::<u8>::try_from(v).ok())
-                .map(|bytes| hex(&bytes));
             let invocation = match signalled {
                 Some(id) => id,
                 None => match self
@@ -247,6 +253,33 @@ impl Watcher {
             self.failed_run(unit, invocation);
         }
         Err("systemd's bus closed the connection".to_owned())
+    }
+
+    /// Each configured unit's state, asked once the signals are followed: a recovery learns of
+    /// the next change from the signals alone. And after a reconnection, a configured unit that
+    /// failed while the bus was gone is found this way. (Not at the first start: a unit failed
+    /// before the daemon ran was reported, if at all, by the one before it.)
+    async fn ask_units(&mut self, reconnected: bool) {
+        let recovery = Arc::clone(&self.recovery);
+        let Ok(asked) = recovery.bus().await else {
+            return;
+        };
+        for policy in &recovery.config().units {
+            if policy.name.contains("@.") {
+                continue;
+            }
+            let Ok(state) = asked.unit(&policy.name).await else {
+                continue;
+            };
+            recovery.seen().publish(
+                &policy.name,
+                Some(&state.active_state),
+                state.invocation_id.as_deref(),
+            );
+            if reconnected && state.active_state == "failed" {
+                self.failed_run(policy.name.clone(), state.invocation_id);
+            }
+        }
     }
 
     /// Opens an incident for `unit`'s failed run `invocation` (in a task of its own, so that the
