@@ -12,7 +12,10 @@
 //!   a thousand at a time, and prints their pids;
 //! - `pace RATE SECONDS [CODE]`: for SECONDS, forks children that each `_exit(CODE)` (default 1)
 //!   at RATE forks/s (0: as fast as it can), and prints how many it forked. The schedule is by
-//!   deadline (the Nth fork is due at N / RATE s), so a late sleep is caught up, not lost.
+//!   deadline (the Nth fork is due at N / RATE s), so a late sleep is caught up, not lost;
+//! - `serve PORT [FILE]`: answers every HTTP request on 127.0.0.1:PORT with `200 ok`, one at a
+//!   time: a service that listens within a millisecond of its start, for the restart benchmark.
+//!   Once it listens, it writes the time (µs since the epoch) to FILE.
 
 #![expect(
     unused_crate_dependencies,
@@ -20,6 +23,8 @@
 )]
 
 use std::{
+    io::{Read as _, Write as _},
+    net::TcpListener,
     thread,
     time::{Duration, Instant},
 };
@@ -168,6 +173,27 @@ fn main() {
                 .get(4)
                 .map_or(1, |c| c.parse().expect("pace RATE SECONDS CODE"));
             println!("{}", pace(rate, seconds, code));
+        }
+        Some("serve") => {
+            let port: u16 = args
+                .get(2)
+                .and_then(|n| n.parse().ok())
+                .expect("serve PORT");
+            let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+            if let Some(file) = args.get(3) {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("after the epoch");
+                std::fs::write(file, now.as_micros().to_string()).expect("write the listen time");
+            }
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = [0; 1024];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            }
         }
         other => {
             eprintln!("victim: unknown mode {other:?}");
