@@ -269,20 +269,12 @@ fn ideal(
 /// The figures of one service, and the overhead against the ideal.
 fn report(service: &Service, ours: Figures, ideal: Figures) {
     let what = service.what;
-    let (asked50, asked99) = line(
-        &format!("{what}: crash → restart requested (expedite)"),
-        ours.requested,
-    );
-    let (ideal_asked50, ideal_asked99) = line(
-        &format!("{what}: kill → restart requested (ideal)"),
-        ideal.requested,
-    );
-    let (ours50, ours99) = line(
-        &format!("{what}: crash → healthy (detector, expedite)"),
-        ours.healthy,
-    );
+    let line = |measure: &str, v: Vec<f64>| line(&format!("{what}: {measure}"), v);
+    let (asked50, asked99) = line("crash → restart requested (expedite)", ours.requested);
+    let (ideal_asked50, ideal_asked99) = line("kill → restart requested (ideal)", ideal.requested);
+    let (ours50, ours99) = line("crash → healthy (detector, expedite)", ours.healthy);
     let (bus50, bus99) = line(
-        &format!("{what}: kill + RestartUnit at once → healthy (ideal)"),
+        "kill + RestartUnit at once → healthy (ideal)",
         ideal.healthy,
     );
     let at_request = (asked50 - ideal_asked50, asked99 - ideal_asked99);
@@ -299,11 +291,11 @@ fn report(service: &Service, ours: Figures, ideal: Figures) {
         return;
     }
     let (seen50, seen99) = line(
-        &format!("{what}: listening → healthy seen (detector)"),
+        "listening → healthy seen (detector)",
         ours.seen_after_listening,
     );
     let (ideal_seen50, ideal_seen99) = line(
-        &format!("{what}: listening → healthy seen (ideal)"),
+        "listening → healthy seen (ideal)",
         ideal.seen_after_listening,
     );
     // The service's own start-up (for this one, mostly the kernel's wait in systemd's write to
