@@ -22,6 +22,7 @@ mod seen;
 mod settle;
 mod states;
 pub(crate) mod systemd;
+mod timer;
 mod tracks;
 mod workers;
 
@@ -141,24 +142,6 @@ impl Recovery {
     /// Each watched unit's state as systemd last signalled it (the state watcher writes it).
     pub(crate) fn seen(&self) -> &seen::Seen {
         &self.seen
-    }
-
-    /// Waits until systemd has handled the death of `unit`'s run `old` (see
-    /// [`Systemd::await_reaped`]): told by the state watcher's standing subscription when it
-    /// follows the unit, else by asking the bus.
-    async fn await_reaped(
-        &self,
-        bus: &Systemd,
-        unit: &str,
-        old: Option<&str>,
-        until: Instant,
-    ) -> Result<(), ActionError> {
-        if let Some(seen) = self.seen.follow(unit)
-            && settle::reaped_as_seen(seen, old, until).await
-        {
-            return Ok(());
-        }
-        bus.await_reaped(unit, old, until).await
     }
 
     /// The state watcher's table sizes, as it last said.

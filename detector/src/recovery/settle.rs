@@ -1,6 +1,7 @@
 //! Waiting on a unit: until systemd has handled a death, or until the unit is active in a new
 //! run or down for good. Woken by the unit's PropertiesChanged signals (after
-//! `Manager.Subscribe`), with a re-read on a timer in case a signal is missed.
+//! `Manager.Subscribe`), with a re-read on a timer in case a signal is missed; for a death, the
+//! state watcher's standing subscription (`seen.rs`) first.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tokio::{sync::watch, time::Instant};
 use zbus::{OwnedObjectPath, proxy::CacheProperties};
 
 use super::{
+    Recovery,
     seen::UnitSeen,
     systemd::{ActionError, ServiceProxy, Systemd, UnitProxy, hex, unit_error},
 };
@@ -61,7 +63,7 @@ async fn next_change(
 /// true once systemd has handled the death (or `until` passed while the unit stayed active);
 /// false when this cannot tell, and the caller asks the bus: the watcher lost its connection,
 /// or no signal came for [`REREAD`] (one may have been missed).
-pub(super) async fn reaped_as_seen(
+async fn reaped_as_seen(
     mut seen: watch::Receiver<UnitSeen>,
     old: Option<&str>,
     until: Instant,
@@ -88,6 +90,26 @@ pub(super) async fn reaped_as_seen(
             Ok(Err(_)) => return false,
             Err(_) => return Instant::now() >= deadline,
         }
+    }
+}
+
+impl Recovery {
+    /// Waits until systemd has handled the death of `unit`'s run `old` (see
+    /// [`Systemd::await_reaped`]): told by the state watcher's standing subscription when it
+    /// follows the unit, else by asking the bus.
+    pub(super) async fn await_reaped(
+        &self,
+        bus: &Systemd,
+        unit: &str,
+        old: Option<&str>,
+        until: Instant,
+    ) -> Result<(), ActionError> {
+        if let Some(seen) = self.seen.follow(unit)
+            && reaped_as_seen(seen, old, until).await
+        {
+            return Ok(());
+        }
+        bus.await_reaped(unit, old, until).await
     }
 }
 
