@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{Mutex, MutexGuard, PoisonError},
 };
 
 use tokio::sync::watch;
@@ -36,7 +36,7 @@ impl Seen {
     /// What a signal (or a read) says of `unit`: its `ActiveState` and run, either missing when
     /// it did not say. A unit whose state was never said starts only with a state.
     pub(crate) fn publish(&self, unit: &str, active: Option<&str>, invocation: Option<&str>) {
-        let mut units = self.units.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut units = self.units();
         if let Some(sender) = units.get(unit) {
             sender.send_if_modified(|seen| {
                 let before = seen.clone();
@@ -71,27 +71,23 @@ impl Seen {
 
     /// The unit's state as last signalled, and its changes; None when nothing is known of it.
     pub(crate) fn follow(&self, unit: &str) -> Option<watch::Receiver<UnitSeen>> {
-        self.units
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(unit)
-            .map(watch::Sender::subscribe)
+        self.units().get(unit).map(watch::Sender::subscribe)
     }
 
     /// The watcher lost its connection: what it said may be stale from now on.
     pub(crate) fn forget(&self) {
-        self.units
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.units().clear();
     }
 
     /// Units kept, for the metrics.
     pub(crate) fn len(&self) -> usize {
-        self.units
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.units().len()
+    }
+
+    /// The table, even after a panic poisoned its lock: every entry is a whole state, and a
+    /// stale one costs a recovery at most the wait before it asks the bus.
+    fn units(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<UnitSeen>>> {
+        self.units.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
