@@ -24,6 +24,7 @@ use crate::{
     death::correlate::correlate,
     incident::Notice,
     kernel::{
+        batch::Window,
         clock::{self, Clock},
         counters::{Counters, Lost},
         decode::{Event, decode},
@@ -65,6 +66,8 @@ pub(crate) struct Options {
     pub pin_dir: Option<PathBuf>,
     /// Where records and incidents are written.
     pub output: Output,
+    /// The storm batch window (`--batch-window-us`; zero: off).
+    pub batch_window: Duration,
 }
 
 /// Everything after the ring buffer.
@@ -81,13 +84,19 @@ struct Pipeline {
     /// read again once the runtime's tasks have had their turn. No wakeup would come for them:
     /// the kernel wakes a reader only once it has caught up.
     more: bool,
+    /// In a storm, reads paced by the batch window (off by default).
+    window: Window,
 }
 
 impl Pipeline {
     /// Reads what is in the ring buffer, up to [`READ_AT_MOST`] records or a recovery that
     /// should start first (then `more` is set); returns how many records it read.
     fn drain(&mut self, ring: &mut Ring) -> usize {
-        self.drain_ring(ring, false)
+        let read = self.drain_ring(ring, false);
+        if !self.more {
+            self.window.after_read(read);
+        }
+        read
     }
 
     /// Reads everything in `ring`, bounds or not: at start-up and at shutdown, when nothing else
@@ -207,6 +216,7 @@ impl Pipeline {
             map_failures = totals.map_failures(),
             kernel_errors = %totals.summary(),
             undecodable = self.undecodable,
+            batch_windows = self.window.windows(),
             coalesced_folded = coalesced.folded,
             coalesced_unopened = coalesced.unopened,
             notices_folded = notices.opened,
@@ -268,6 +278,7 @@ pub(crate) async fn run(options: Options) -> anyhow::Result<()> {
                     pipeline.sinks.flush();
                 }
                 pipeline.sinks.metrics().kernel(counters.totals(), pipeline.undecodable);
+                pipeline.sinks.metrics().batch_windows(pipeline.window.windows());
                 pipeline.sinks.metrics().pressure(
                     pipeline.dispatcher.coalesced(),
                     pipeline.dispatcher.outbox().dropped(),

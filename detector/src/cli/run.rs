@@ -37,6 +37,14 @@ pub(super) struct Args {
     /// thread of the daemon is real-time.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=99))]
     realtime_priority: u8,
+    /// In a storm, read the ring buffer once per this many microseconds instead of being woken
+    /// for each death (0..=10000; 0, the default: off). Once two reads find deaths closer
+    /// together than the window, the reader sleeps a window after each read, and goes back to
+    /// waiting after a window with no death. Each wakeup then takes a window's deaths: less CPU
+    /// per death in a storm (about half at 400 µs on a 2-core VM), every record up to a window
+    /// later (see the README's "When the daemon wakes").
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    batch_window_us: u64,
     /// Where the watched systemd instance's files are: `/` on a host, `/host` for a daemon
     /// in a container with the host mounted there, `/proc/PID/root` for a systemd-nspawn
     /// machine watched from its host. Units are named as that systemd names them.
@@ -99,6 +107,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
         ringbuf_bytes,
         nice,
         realtime_priority,
+        batch_window_us,
         root,
         journal_lines,
         config,
@@ -127,6 +136,7 @@ pub(super) fn run(args: Args) -> anyhow::Result<()> {
             OutputArg::Journal => Output::Journal,
             OutputArg::Both => Output::Both,
         },
+        batch_window: std::time::Duration::from_micros(batch_window_us),
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -14,6 +14,7 @@ use crate::{
     incident::{Notice, Outbox, outbox},
     journal,
     kernel::{
+        batch::Window,
         counters::Counters,
         log as kernel_log,
         overlap::Overlap,
@@ -160,6 +161,7 @@ pub(super) async fn start(options: &Options) -> anyhow::Result<Started> {
         received: 0,
         undecodable: 0,
         more: false,
+        window: Window::new(options.batch_window),
     };
     // After the probes: a cgroup created during the scan is also in the ring buffer.
     let known = pipeline.cgroups.scan();

@@ -10,6 +10,7 @@
 //!   stage.
 
 mod attach;
+pub(crate) mod batch;
 pub(crate) mod btf;
 pub(crate) mod clock;
 pub(crate) mod counters;

@@ -98,20 +98,25 @@ fn build_helper(name: &str) -> Result<PathBuf> {
     Ok(crate::root().join("target/release").join(name))
 }
 
-/// One storm of failing exits with `peer` reading; returns exits/s and what the peer reported.
-fn storm_with(tools: &Tools, victim: &Path, peer: Peer) -> Result<(f64, Outcome)> {
+/// One storm of failing exits with `peer` reading; returns exits/s, the reader's CPU time in
+/// seconds (storm and settling), and what the peer reported.
+fn storm_with(tools: &Tools, victim: &Path, peer: Peer) -> Result<(f64, f64, Outcome)> {
     let reader = Reader::start(tools, peer)?;
     // Deaths of other processes while it started are not the storm's.
     let _ = reader.take_latencies();
+    let ticks = reader.cpu_ticks()?;
     let rate = storm(victim, 1)?;
     thread::sleep(SETTLE);
-    Ok((rate, reader.stop()?))
+    let cpu = reader.cpu_ticks()?.saturating_sub(ticks) as f64 / scaling::clock_ticks_per_second();
+    Ok((rate, cpu, reader.stop()?))
 }
 
 /// What one peer gathered over the rounds.
 #[derive(Default)]
 struct Tally {
     ratios: Vec<f64>,
+    /// The reader's CPU time per failing exit of the storm, in µs, one per round.
+    cpu_us: Vec<f64>,
     latencies_ns: Vec<u64>,
     lost: u64,
     /// Failing exits counted in the kernel (bpftrace (count)).
@@ -146,8 +151,11 @@ fn peers_table(tools: &Tools, victim: &Path) -> Result<()> {
                 continue;
             }
             match storm_with(tools, victim, peer) {
-                Ok((rate, outcome)) => {
+                Ok((rate, cpu, outcome)) => {
                     with.push((i, rate));
+                    tallies[i]
+                        .cpu_us
+                        .push(cpu * 1e6 / (cores() * FORKS_PER_CORE) as f64);
                     let seen = outcome.counted.unwrap_or(outcome.latencies_ns.len() as u64);
                     if seen as f64 > 1.01 * (cores() * FORKS_PER_CORE) as f64 {
                         tallies[i].disturbed += 1;
@@ -186,9 +194,10 @@ fn print_peers(tools: &Tools, without_all: Vec<f64>, tallies: Vec<Tally>) {
         ROUNDS * cores() * FORKS_PER_CORE
     );
     println!(
-        "  {:<18} {:>24} {:>9} {:>8} {:>8} {:>9} {:>6} {:>10}",
+        "  {:<18} {:>24} {:>11} {:>9} {:>8} {:>8} {:>9} {:>6} {:>10}",
         "reader",
         "with ÷ without (range)",
+        "CPU µs/exit",
         "records",
         "p50 µs",
         "p99 µs",
@@ -213,6 +222,7 @@ fn print_peers(tools: &Tools, without_all: Vec<f64>, tallies: Vec<Tally>) {
             });
         let disturbed = format!("{}/{}", tally.disturbed, tally.ratios.len());
         let ratio = format!("{:.3} ({lo:.2}–{hi:.2})", median(tally.ratios));
+        let cpu = format!("{:.1}", median(tally.cpu_us));
         let mut ns = tally.latencies_ns;
         ns.sort_unstable();
         let us = |p| format!("{:.0}", percentile(&ns, p) as f64 / 1000.0);
@@ -223,7 +233,7 @@ fn print_peers(tools: &Tools, without_all: Vec<f64>, tallies: Vec<Tally>) {
             (tally.counted.to_string(), none(), none(), none())
         };
         println!(
-            "  {:<18} {ratio:>24} {records:>9} {p50:>8} {p99:>8} {p999:>9} {:>6} {disturbed:>10}",
+            "  {:<18} {ratio:>24} {cpu:>11} {records:>9} {p50:>8} {p99:>8} {p999:>9} {:>6} {disturbed:>10}",
             peer.name(),
             tally.lost
         );
@@ -232,12 +242,15 @@ fn print_peers(tools: &Tools, without_all: Vec<f64>, tallies: Vec<Tally>) {
         "  (latency from bpf_ktime_get_ns in the kernel to: the C reader's ring_buffer__poll \
          callback; bpftrace's printed line read here from its pipe; detector's record written \
          (its latency_us). bpftrace (count) keeps a count in the kernel (its records: that count): no handler. Drops: \
-         ring-buffer reservations that failed; bpftrace's \"Lost N events\".)"
+         ring-buffer reservations that failed; bpftrace's \"Lost N events\". CPU: the reader's user + system time \
+         over the storm and its settling, per failing exit of the storm (median of the rounds).)"
     );
     println!(
         "  (scheduling: the C libbpf reader and bpftrace at the default policy, nice 0, as such \
          tools run; \"C reader, FIFO 1\" and detector's reader thread at SCHED_FIFO 1, which wakes \
-         them at once, for every record: promptness paid in wakeups)"
+         them at once, for every record: promptness paid in wakeups. \"detector, 400 µs\": \
+         --batch-window-us 400, which in a storm reads once a window: fewer wakeups, each record \
+         up to a window later)"
     );
 }
 

@@ -62,7 +62,7 @@ pub(super) fn latency_us(line: &str) -> Option<u64> {
 /// A stdout line's kernel → handler latency, if it carries one.
 fn latency_ns(peer: Peer, line: &str) -> Option<u64> {
     match peer {
-        Peer::Detector => latency_us(line).map(|us| us * 1000),
+        Peer::Detector | Peer::DetectorBatched => latency_us(line).map(|us| us * 1000),
         // The exit-reader's own measure, printed when it stops.
         Peer::CReader | Peer::CReaderRealtime => line.trim().parse().ok(),
         // bpftrace prints the kernel's time; the handler here is this line being read.
@@ -142,7 +142,7 @@ impl Reader {
         let mut threads = Vec::new();
         for (stream, is_stdout) in [
             (
-                if peer == Peer::Detector {
+                if peer.is_detector() {
                     Box::new(Paced(stdout)) as Box<dyn Read + Send>
                 } else {
                     Box::new(stdout)
@@ -167,7 +167,7 @@ impl Reader {
                     if is_stdout == on_stdout && line.contains(marker) {
                         let _ = ready_tx.send(());
                     }
-                    if peer == Peer::Detector && is_stdout {
+                    if peer.is_detector() && is_stdout {
                         // Records without a latency: nothing to keep.
                         continue;
                     }
@@ -254,7 +254,9 @@ impl Reader {
         let signal = match self.peer {
             // bpftrace prints its maps and exits on SIGINT.
             Peer::BpftraceCount | Peer::BpftracePrint => Signal::SIGINT,
-            Peer::CReader | Peer::CReaderRealtime | Peer::Detector => Signal::SIGTERM,
+            Peer::CReader | Peer::CReaderRealtime | Peer::Detector | Peer::DetectorBatched => {
+                Signal::SIGTERM
+            }
         };
         kill(Pid::from_raw(self.child.id() as i32), signal)?;
         let status = self.child.wait()?;
@@ -264,8 +266,8 @@ impl Reader {
         let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
         let lost = match self.peer {
             Peer::BpftraceCount | Peer::BpftracePrint => bpftrace_lost(&lines),
-            Peer::CReader | Peer::CReaderRealtime | Peer::Detector => {
-                let summary = if self.peer == Peer::Detector {
+            Peer::CReader | Peer::CReaderRealtime | Peer::Detector | Peer::DetectorBatched => {
+                let summary = if self.peer.is_detector() {
                     "detector stopped"
                 } else {
                     "exit-reader stopped"
@@ -296,6 +298,16 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    #[test]
+    fn the_batched_detector_is_named_by_its_window() {
+        let window = format!("{} µs", super::super::peers::BATCH_WINDOW_US);
+        assert!(
+            Peer::DetectorBatched.name().ends_with(&window),
+            "{} does not say {window}",
+            Peer::DetectorBatched.name()
+        );
+    }
 
     #[test]
     fn a_reader_that_cannot_run_says_why() {

@@ -66,7 +66,7 @@ fn paced(victim: &Path, rate: Option<u32>) -> Result<f64> {
     Ok(forked as f64 / start.elapsed().as_secs_f64())
 }
 
-fn clock_ticks_per_second() -> f64 {
+pub(super) fn clock_ticks_per_second() -> f64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()

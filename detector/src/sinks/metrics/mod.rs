@@ -119,6 +119,7 @@ struct Kernel {
     read_failures: Counter,
     map_failures: Counter,
     undecodable: Counter,
+    batch_windows: Counter,
     /// Every failure kind, exported at 0 from the start.
     errors: Family<ErrorLabels, Counter>,
 }
@@ -340,6 +341,14 @@ impl Metrics {
         }
     }
 
+    /// The windows the ring's reader slept in storms (`--batch-window-us`), as a total since the
+    /// start.
+    pub(crate) fn batch_windows(&self, total: u64) {
+        let counter = &self.kernel.batch_windows;
+        // Only this call adds to it, so the difference is what is new.
+        counter.inc_by(total.saturating_sub(counter.get()));
+    }
+
     /// The daemon's cache sizes now (read each second by the main loop); `metric_names` is the
     /// metrics' own.
     pub(crate) fn caches(&self, sizes: &[(&'static str, usize)]) {
@@ -431,6 +440,11 @@ fn register_kernel(r: &mut Registry, k: &Kernel) {
             "events_undecodable",
             "Ring-buffer records the daemon could not decode",
             &k.undecodable,
+        ),
+        (
+            "ring_batch_windows",
+            "Windows the reader slept between reads of the ring buffer in a storm (`--batch-window-us`)",
+            &k.batch_windows,
         ),
     ] {
         r.register(name, help, counter.clone());

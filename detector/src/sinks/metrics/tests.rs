@@ -103,6 +103,25 @@ fn cache_sizes_are_gauges_with_the_names_own() {
 }
 
 #[test]
+fn batch_windows_are_a_total_fed_by_differences() {
+    let metrics = metrics();
+    let text = metrics.encode();
+    assert_eq!(
+        value(&text, "detector_ring_batch_windows_total").as_deref(),
+        Some("0"),
+        "exported from the start: {text}"
+    );
+    metrics.batch_windows(4);
+    metrics.batch_windows(6);
+    let text = metrics.encode();
+    assert_eq!(
+        value(&text, "detector_ring_batch_windows_total").as_deref(),
+        Some("6"),
+        "{text}"
+    );
+}
+
+#[test]
 fn the_exposition_counts_what_happened() {
     let metrics = metrics();
     metrics.death(&record(Some("web.service"), Some("SIGKILL")));
