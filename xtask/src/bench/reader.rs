@@ -249,6 +249,28 @@ impl Reader {
         Ok(field(14)? + field(15)?)
     }
 
+    /// Sends `signal` until the reader exits: bpftrace 0.17 can miss a SIGINT that comes just
+    /// before it waits for events (seen once: it waited on, handler run, until a second one).
+    /// Past 20 s it is killed, and the round fails.
+    fn signal_until_exit(&mut self, signal: Signal) -> Result<std::process::ExitStatus> {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        for _ in 0..20 {
+            kill(pid, signal)?;
+            for _ in 0..10 {
+                if let Some(status) = self.child.try_wait()? {
+                    return Ok(status);
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait()?;
+        bail!(
+            "{} did not stop on {signal} in 20 s; killed ({status})",
+            self.peer.name()
+        )
+    }
+
     /// Stops the reader and gathers what it reported.
     pub(super) fn stop(mut self) -> Result<Outcome> {
         let signal = match self.peer {
@@ -258,8 +280,7 @@ impl Reader {
                 Signal::SIGTERM
             }
         };
-        kill(Pid::from_raw(self.child.id() as i32), signal)?;
-        let status = self.child.wait()?;
+        let status = self.signal_until_exit(signal)?;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
