@@ -51,22 +51,28 @@ impl Window {
     /// of the window. A read that stopped early (a recovery to start, its bound) must not call
     /// this: what it left is read at once.
     pub(crate) fn after_read(&mut self, records: usize) {
-        if self.length.is_zero() || records == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let close = self
-            .last_read
-            .is_some_and(|last| now.saturating_duration_since(last) < self.length);
-        if close {
-            self.windows += 1;
+        if self.paces(records, Instant::now()) {
             // Blocking on purpose: see the module's comment. It is short (at most MAX_WINDOW)
             // and only taken in a storm, when the reader would otherwise be woken for each death.
             std::thread::sleep(self.length);
             self.last_read = Some(Instant::now());
-        } else {
-            self.last_read = Some(now);
         }
+    }
+
+    /// Whether a read at `now` that took `records` came less than a window after the last one
+    /// (then it is counted as a window); notes the read.
+    fn paces(&mut self, records: usize, now: Instant) -> bool {
+        if self.length.is_zero() || records == 0 {
+            return false;
+        }
+        let close = self
+            .last_read
+            .is_some_and(|last| now.saturating_duration_since(last) < self.length);
+        self.last_read = Some(now);
+        if close {
+            self.windows += 1;
+        }
+        close
     }
 
     /// Windows slept since the start.
@@ -82,30 +88,51 @@ mod tests {
     #[test]
     fn off_never_paces() {
         let mut w = Window::new(Duration::ZERO);
-        for _ in 0..3 {
-            w.after_read(5);
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert!(!w.paces(5, t0 + Duration::from_micros(i)));
         }
         assert_eq!(w.windows(), 0);
     }
 
     #[test]
-    fn a_lone_death_is_not_paced_and_a_second_close_one_is() {
-        let mut w = Window::new(Duration::from_millis(5));
-        w.after_read(1);
-        assert_eq!(w.windows(), 0, "a first death has nothing to be close to");
-        w.after_read(1);
-        assert_eq!(w.windows(), 1, "a death within the window starts pacing");
-        w.after_read(2);
-        assert_eq!(w.windows(), 2, "records right after a window keep pacing");
-        w.after_read(0);
-        assert_eq!(w.windows(), 2, "a read that found nothing does not pace");
-        std::thread::sleep(Duration::from_millis(6));
-        w.after_read(1);
-        assert_eq!(
-            w.windows(),
-            2,
+    fn a_lone_death_is_not_paced_and_a_close_one_is_until_a_quiet_window() {
+        let ms = Duration::from_millis;
+        let mut w = Window::new(ms(5));
+        let t0 = Instant::now();
+        assert!(!w.paces(1, t0), "a first death has nothing to be close to");
+        assert!(
+            w.paces(1, t0 + ms(1)),
+            "a death within the window starts pacing"
+        );
+        assert!(
+            w.paces(2, t0 + ms(2)),
+            "records right after a window keep pacing"
+        );
+        assert!(
+            !w.paces(0, t0 + ms(3)),
+            "a read that found nothing does not pace"
+        );
+        assert!(
+            !w.paces(1, t0 + ms(9)),
             "a death after a quiet window is read at once"
         );
+        assert!(
+            w.paces(1, t0 + ms(10)),
+            "and the next close one paces again"
+        );
+        assert_eq!(w.windows(), 3);
+    }
+
+    #[test]
+    fn a_paced_read_sleeps_its_window_and_counts_it() {
+        let mut w = Window::new(Duration::from_millis(2));
+        // A last read "in the future": this one is close to it however late the test runs.
+        w.last_read = Some(Instant::now() + Duration::from_mins(1));
+        let started = Instant::now();
+        w.after_read(1);
+        assert!(started.elapsed() >= Duration::from_millis(2));
+        assert_eq!(w.windows(), 1);
     }
 
     #[test]
