@@ -1,5 +1,8 @@
 //! The exposition after real records and incidents, and the Grafana dashboard checked against
 //! it.
+//!
+//! Just over 400 lines: the tests share their fixtures (a `Metrics`, records, incidents, a
+//! reader of the encoded text), and each reads the whole exposition, so they stay together.
 
 use std::{collections::BTreeSet, sync::Arc};
 
