@@ -330,23 +330,22 @@ impl Metrics {
             (&k.map_failures, totals.map_failures()),
             (&k.undecodable, undecodable),
         ] {
-            // Only this call adds to them, so the difference is what is new.
-            counter.inc_by(total.saturating_sub(counter.get()));
+            raise_to(counter, total);
         }
         for (kind, total) in totals.errors {
-            let counter = k.errors.get_or_create(&ErrorLabels {
-                kind: detector_common::counter::name(kind),
-            });
-            counter.inc_by(total.saturating_sub(counter.get()));
+            raise_to(
+                &k.errors.get_or_create(&ErrorLabels {
+                    kind: detector_common::counter::name(kind),
+                }),
+                total,
+            );
         }
     }
 
     /// The windows the ring's reader slept in storms (`--batch-window-us`), as a total since the
     /// start.
     pub(crate) fn batch_windows(&self, total: u64) {
-        let counter = &self.kernel.batch_windows;
-        // Only this call adds to it, so the difference is what is new.
-        counter.inc_by(total.saturating_sub(counter.get()));
+        raise_to(&self.kernel.batch_windows, total);
     }
 
     /// The daemon's cache sizes now (read each second by the main loop); `metric_names` is the
@@ -366,15 +365,18 @@ impl Metrics {
             (&self.coalesced, "folded", coalesced.folded),
             (&self.coalesced, "unopened", coalesced.unopened),
         ] {
-            let counter = family.get_or_create(&CoalescedLabels { into: label });
-            // Only this call adds to them, so the difference is what is new.
-            counter.inc_by(total.saturating_sub(counter.get()));
+            raise_to(
+                &family.get_or_create(&CoalescedLabels { into: label }),
+                total,
+            );
         }
         for (label, total) in [("opened", dropped.opened), ("resolved", dropped.resolved)] {
-            let counter = self
-                .notices_dropped
-                .get_or_create(&NoticeLabels { phase: label });
-            counter.inc_by(total.saturating_sub(counter.get()));
+            raise_to(
+                &self
+                    .notices_dropped
+                    .get_or_create(&NoticeLabels { phase: label }),
+                total,
+            );
         }
     }
 
@@ -411,6 +413,12 @@ impl Metrics {
         }
         text
     }
+}
+
+/// Brings a counter fed from a total kept elsewhere up to that total. Only the caller adds to
+/// such a counter, so the difference is what is new.
+fn raise_to(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// The kernel programs' counters, by what went wrong.
