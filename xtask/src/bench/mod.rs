@@ -104,10 +104,10 @@ fn storm_with(tools: &Tools, victim: &Path, peer: Peer) -> Result<(f64, f64, Out
     let reader = Reader::start(tools, peer)?;
     // Deaths of other processes while it started are not the storm's.
     let _ = reader.take_latencies();
-    let ticks = reader.cpu_ticks()?;
+    let cpu = reader.cpu_seconds()?;
     let rate = storm(victim, 1)?;
     thread::sleep(SETTLE);
-    let cpu = reader.cpu_ticks()?.saturating_sub(ticks) as f64 / scaling::clock_ticks_per_second();
+    let cpu = reader.cpu_seconds()? - cpu;
     Ok((rate, cpu, reader.stop()?))
 }
 

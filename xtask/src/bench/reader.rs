@@ -19,6 +19,13 @@ use nix::{
 
 use super::peers::{Peer, Tools};
 
+fn clock_ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
 /// What a reader reported once stopped.
 pub(super) struct Outcome {
     /// Kernel → handler, in nanoseconds (detector's are whole microseconds).
@@ -228,8 +235,13 @@ impl Reader {
             .context("no VmRSS")
     }
 
-    /// The CPU time the reader has used so far (user + system, every thread), in clock ticks.
-    pub(super) fn cpu_ticks(&self) -> Result<u64> {
+    /// The CPU time the reader has used so far (user + system, every thread), in seconds.
+    pub(super) fn cpu_seconds(&self) -> Result<f64> {
+        Ok(self.cpu_ticks()? as f64 / clock_ticks_per_second())
+    }
+
+    /// The same, in clock ticks.
+    fn cpu_ticks(&self) -> Result<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
         // The command name may hold spaces and parentheses: fields are counted after the last
         // ')'. utime and stime are fields 14 and 15 (proc_pid_stat(5)); the first after ')' is

@@ -66,25 +66,18 @@ fn paced(victim: &Path, rate: Option<u32>) -> Result<f64> {
     Ok(forked as f64 / start.elapsed().as_secs_f64())
 }
 
-pub(super) fn clock_ticks_per_second() -> f64 {
-    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .map_or(100.0, |t| t as f64)
-}
-
 /// One reader at one rate: a fresh reader each time, so its `lost` is this rate's.
 fn point(tools: &Tools, victim: &Path, peer: Peer, rate: Option<u32>) -> Result<Point> {
     let reader = Reader::start(tools, peer)?;
     // Whatever arrived while it started (other processes' deaths) is not this rate's.
     thread::sleep(Duration::from_millis(200));
     let _ = reader.take_latencies();
-    let ticks = reader.cpu_ticks()?;
+    let cpu = reader.cpu_seconds()?;
     let start = Instant::now();
     let achieved = paced(victim, rate)?;
     let storm = start.elapsed().as_secs_f64();
     thread::sleep(SETTLE);
-    let used = (reader.cpu_ticks()? - ticks) as f64 / clock_ticks_per_second();
+    let used = reader.cpu_seconds()? - cpu;
     let outcome = reader.stop()?;
     let mut lat = outcome.latencies_ns;
     lat.sort_unstable();
